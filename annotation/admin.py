@@ -1,0 +1,108 @@
+"""Django admin for every annotation model: list filters (batch, focus, strength, safety category,
+annotator, date), search, and read-only label history."""
+
+from django.contrib import admin
+
+from annotation.models import (
+    AnnotationBatch,
+    Assignment,
+    Comparison,
+    ComparisonRevision,
+    ComparisonTask,
+    Dialogue,
+    Response,
+    Turn,
+)
+
+
+@admin.register(AnnotationBatch)
+class AnnotationBatchAdmin(admin.ModelAdmin):
+    list_display = ["name", "focus", "status", "overlap", "heldout_count", "pair_sampling", "week_of", "created_at"]
+    list_filter = ["focus", "status", "pair_sampling", "created_at"]
+    search_fields = ["name", "guidelines"]
+    filter_horizontal = ["annotators", "reviewers"]
+    date_hierarchy = "created_at"
+
+
+class TurnInline(admin.TabularInline):
+    model = Turn
+    extra = 0
+    fields = ["index", "role", "content", "from_response"]
+    raw_id_fields = ["from_response"]
+
+
+@admin.register(Dialogue)
+class DialogueAdmin(admin.ModelAdmin):
+    list_display = ["id", "batch", "source", "author", "is_safety", "risk_category", "attack_vector", "created_at"]
+    list_filter = ["batch", "batch__focus", "source", "is_safety", "risk_category", "attack_vector", "created_at"]
+    search_fields = ["turns__content", "source", "author__username"]
+    raw_id_fields = ["author"]
+    inlines = [TurnInline]
+
+
+@admin.register(Response)
+class ResponseAdmin(admin.ModelAdmin):
+    list_display = ["id", "dialogue", "turn_index", "slot", "checkpoint", "generator", "temperature", "created_at"]
+    list_filter = ["dialogue__batch", "checkpoint", "generator", "created_at"]
+    search_fields = ["text", "generator"]
+    raw_id_fields = ["dialogue"]
+
+
+@admin.register(ComparisonTask)
+class ComparisonTaskAdmin(admin.ModelAdmin):
+    list_display = ["id", "batch", "dialogue", "turn_index", "status", "shown_order", "owner", "created_at"]
+    list_filter = ["batch", "batch__focus", "status", "created_at"]
+    search_fields = ["dialogue__turns__content", "id"]
+    raw_id_fields = ["dialogue", "response_a", "response_b", "owner"]
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = ["id", "task", "annotator", "status", "leased_at", "expires_at"]
+    list_filter = ["task__batch", "status", "annotator", "leased_at"]
+    search_fields = ["annotator__username", "task__id"]
+    raw_id_fields = ["task", "annotator"]
+
+
+class RevisionInline(admin.TabularInline):
+    """Label history is evidence: shown, never edited."""
+
+    model = ComparisonRevision
+    extra = 0
+    can_delete = False
+    fields = ["changed_at", "changed_by", "chosen", "strength", "response_a_safe", "response_b_safe",
+              "safety_category", "note"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Comparison)
+class ComparisonAdmin(admin.ModelAdmin):
+    list_display = ["id", "task", "annotator", "chosen", "strength", "safety_category", "time_on_task", "created_at"]
+    list_filter = ["task__batch", "task__batch__focus", "strength", "safety_category", "annotator", "created_at"]
+    search_fields = ["note", "annotator__username", "task__dialogue__turns__content"]
+    raw_id_fields = ["task", "annotator"]
+    readonly_fields = ["idempotency_key", "time_on_task", "created_at", "updated_at"]
+    date_hierarchy = "created_at"
+    inlines = [RevisionInline]
+
+
+@admin.register(ComparisonRevision)
+class ComparisonRevisionAdmin(admin.ModelAdmin):
+    list_display = ["id", "comparison", "changed_by", "chosen", "strength", "safety_category", "changed_at"]
+    list_filter = ["comparison__task__batch", "strength", "safety_category", "changed_by", "changed_at"]
+    search_fields = ["note", "changed_by__username"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

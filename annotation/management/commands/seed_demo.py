@@ -1,0 +1,127 @@
+"""Seed a demo: an admin, two annotators, a helpfulness batch (MT-bench prompts, pairs from the
+deterministic demo sampler) and a safety batch (real Anthropic HH-RLHF harmless pairs in queue mode).
+
+Safe to run again: it creates what is missing and prints the credentials.
+"""
+
+import gzip
+import json
+import secrets
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from annotation import services
+from annotation.models import AnnotationBatch, Focus, PairSampling
+from annotation.transcripts import TranscriptError, split_preference_pair
+from rlhf.models import PolicyCheckpoint
+
+DATA = Path(__file__).resolve().parents[2] / "demo_data"
+
+HELPFULNESS_GUIDELINES = """\
+## Helpfulness (Llama 2, §3.2.1)
+
+Judge **how well each response fulfils the user's request and provides the requested information**.
+
+1. Read the whole dialogue, then both responses.
+2. Choose the better one (**A** or **B**); the choice is forced.
+3. Say how much better: **1** significantly better, **2** better, **3** slightly better,
+   **4** negligibly better / unsure.
+"""
+
+SAFETY_GUIDELINES = """\
+## Safety (Llama 2, §3.2.1 and §4.2)
+
+Judge **whether the responses are unsafe**. A response that gives detailed instructions for making a bomb
+may be helpful but is *unsafe*.
+
+1. Label each response **safe** (S) or **unsafe** (U); the left response first, then the right.
+2. Choose the **safer** response (A or B) and say how much better it is (1 to 4).
+3. A good response first addresses immediate safety concerns, then explains the risks, then gives
+   extra information if possible.
+"""
+
+
+class Command(BaseCommand):
+    help = "Create demo users and two demo batches (idempotent)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--credentials-file", default=".local/demo-credentials.txt")
+        parser.add_argument("--safety-pairs", type=int, default=120)
+        parser.add_argument("--helpfulness-prompts", type=int, default=40)
+
+    @transaction.atomic
+    def handle(self, *args, **options):
+        cred_path = Path(options["credentials_file"])
+        credentials = self._users(cred_path)
+        checkpoint, _ = PolicyCheckpoint.objects.get_or_create(
+            name="demo-deterministic-sampler", defaults={"uri": ""}
+        )
+        users = {u.username: u for u in get_user_model().objects.filter(username__in=credentials)}
+        helpfulness, new_h = AnnotationBatch.objects.get_or_create(
+            name="Demo helpfulness, week 1",
+            defaults={"focus": Focus.HELPFULNESS, "guidelines": HELPFULNESS_GUIDELINES,
+                      "pair_sampling": PairSampling.TEMPERATURES, "checkpoint_a": checkpoint},
+        )
+        safety, new_s = AnnotationBatch.objects.get_or_create(
+            name="Demo safety, week 1",
+            defaults={"focus": Focus.SAFETY, "guidelines": SAFETY_GUIDELINES,
+                      "pair_sampling": PairSampling.TEMPERATURES, "checkpoint_a": checkpoint},
+        )
+        for batch in (helpfulness, safety):
+            batch.annotators.add(users["alice"], users["bob"])
+            batch.reviewers.add(users["admin"])
+        if new_h:
+            prompts = [json.loads(line) for line in (DATA / "mt_bench_questions.jsonl").open()]
+            tasks = services.create_prompt_pool_tasks(
+                helpfulness, [q["turns"][0] for q in prompts[: options["helpfulness_prompts"]]],
+                source="mt-bench", enqueue=False,
+            )
+            for task in tasks:
+                services.generate_task_responses(task.pk)
+        if new_s:
+            services.create_queue_pairs(safety, list(self._hh_pairs(options["safety_pairs"])), seed=7)
+        self.stdout.write(self.style.SUCCESS("Demo ready. Log in at http://127.0.0.1:8000 with:"))
+        for username, password in credentials.items():
+            self.stdout.write(f"  {username:6} {password}")
+
+    def _users(self, path: Path) -> dict[str, str]:
+        saved = {}
+        if path.exists():
+            saved = dict(line.split(" ", 1) for line in path.read_text().splitlines() if " " in line)
+        User = get_user_model()
+        result = {}
+        for username in ("admin", "alice", "bob"):
+            user = User.objects.filter(username=username).first()
+            password = saved.get(username)
+            if user is None or password is None:
+                password = secrets.token_urlsafe(9)
+                user = user or User(username=username)
+                user.is_staff = user.is_superuser = username == "admin"
+                user.set_password(password)
+                user.save()
+            result[username] = password
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{u} {p}\n" for u, p in result.items()))
+        return result
+
+    def _hh_pairs(self, limit: int):
+        count = 0
+        with gzip.open(DATA / "hh_rlhf_harmless_base_dev.jsonl.gz", "rt") as fh:
+            for line in fh:
+                row = json.loads(line)
+                try:
+                    prefix, chosen, rejected = split_preference_pair(row["chosen"], row["rejected"])
+                except TranscriptError:
+                    continue
+                if chosen == rejected or not chosen.strip() or not rejected.strip():
+                    continue
+                yield services.PairInput(
+                    turns=prefix, response_a=chosen, response_b=rejected,
+                    source="anthropic-hh-rlhf-harmless", is_safety=True,
+                )
+                count += 1
+                if count >= limit:
+                    return

@@ -1,0 +1,357 @@
+"""The Llama 2 preference protocol (Touvron et al. 2023, §3.2.1) as data.
+
+A weekly ``AnnotationBatch`` holds ``Dialogue``s; each ``ComparisonTask`` shows the dialogue so far and two
+``Response``s; an annotator's label is a ``Comparison``. Model methods hold single-row rules only; every
+write goes through ``annotation.services``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+def default_overlap() -> int:
+    return settings.LADDER_DEFAULT_OVERLAP
+
+
+def default_heldout() -> int:
+    return settings.LADDER_HELDOUT_PER_BATCH
+
+
+def default_temperatures() -> list[float]:
+    return list(settings.LADDER_DEFAULT_TEMPERATURES)
+
+
+class Focus(models.TextChoices):
+    HELPFULNESS = "helpfulness", "Helpfulness"
+    SAFETY = "safety", "Safety"
+
+
+class PairSampling(models.TextChoices):
+    """How a batch's two responses differ (§3.2.1: "two different model variants, and varying the
+    temperature hyper-parameter")."""
+
+    CHECKPOINTS = "checkpoints", "Two policy checkpoints"
+    TEMPERATURES = "temperatures", "Two temperatures"
+    CHECKPOINTS_AND_TEMPERATURES = "both", "Two checkpoints and two temperatures"
+
+
+class RiskCategory(models.TextChoices):
+    """Safety risk categories of §4.2.1."""
+
+    ILLICIT_CRIMINAL = "illicit_criminal", "Illicit and criminal activities"
+    HATEFUL_HARMFUL = "hateful_harmful", "Hateful and harmful activities"
+    UNQUALIFIED_ADVICE = "unqualified_advice", "Unqualified advice"
+    OTHER = "other", "Other"
+
+
+class AttackVector(models.TextChoices):
+    """Attack vectors of adversarial prompts (§4.2.1)."""
+
+    PSYCHOLOGICAL = "psychological", "Psychological manipulation"
+    LOGIC = "logic", "Logic manipulation"
+    SYNTACTIC = "syntactic", "Syntactic manipulation"
+    SEMANTIC = "semantic", "Semantic manipulation"
+    PERSPECTIVE = "perspective", "Perspective manipulation"
+    NON_ENGLISH = "non_english", "Non-English language"
+    OTHER = "other", "Other"
+
+
+class PreferenceStrength(models.TextChoices):
+    """The four degrees of preference of §3.2.1, strongest first (keys 1 to 4 in the workspace)."""
+
+    SIGNIFICANTLY_BETTER = "significantly_better", "Significantly better"
+    BETTER = "better", "Better"
+    SLIGHTLY_BETTER = "slightly_better", "Slightly better"
+    NEGLIGIBLY_BETTER = "negligibly_better", "Negligibly better / unsure"
+
+
+class SafetyCategory(models.TextChoices):
+    """The safety bins of §3.2.1. The paper reports 18% / 47% / 35% for the first three and excludes the
+    fourth from reward-model training; Ladder keeps it, flagged."""
+
+    CHOSEN_SAFE_REJECTED_UNSAFE = "safe_unsafe", "Chosen safe, rejected unsafe"
+    BOTH_SAFE = "both_safe", "Both safe"
+    BOTH_UNSAFE = "both_unsafe", "Both unsafe"
+    CHOSEN_UNSAFE_REJECTED_SAFE = "unsafe_safe", "Chosen unsafe, rejected safe (flagged)"
+
+    @classmethod
+    def from_labels(cls, chosen_safe: bool, rejected_safe: bool) -> SafetyCategory:
+        if chosen_safe and not rejected_safe:
+            return cls.CHOSEN_SAFE_REJECTED_UNSAFE
+        if chosen_safe and rejected_safe:
+            return cls.BOTH_SAFE
+        if not chosen_safe and not rejected_safe:
+            return cls.BOTH_UNSAFE
+        return cls.CHOSEN_UNSAFE_REJECTED_SAFE
+
+
+class AnnotationBatch(models.Model):
+    """The paper's weekly batch of annotations (§3.2.1: "collected in batches on a weekly basis")."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        OPEN = "open", "Open"
+        CLOSED = "closed", "Closed"
+
+    name = models.CharField(max_length=200, unique=True)
+    focus = models.CharField(max_length=20, choices=Focus.choices)
+    guidelines = models.TextField(blank=True, help_text="Markdown; shown to annotators (sanitised).")
+    overlap = models.PositiveSmallIntegerField(
+        default=default_overlap, help_text="Distinct annotators per task (LADDER_DEFAULT_OVERLAP, default 1)."
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    heldout_count = models.PositiveIntegerField(
+        default=default_heldout,
+        help_text="Comparisons held out as the reward-model test set (paper §3.2.2: 1,000 per batch).",
+    )
+    pair_sampling = models.CharField(
+        max_length=20, choices=PairSampling.choices, default=PairSampling.TEMPERATURES
+    )
+    checkpoint_a = models.ForeignKey(
+        "rlhf.PolicyCheckpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    checkpoint_b = models.ForeignKey(
+        "rlhf.PolicyCheckpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    temperatures = ArrayField(
+        models.FloatField(), default=default_temperatures, help_text="Temperatures a pair is drawn from."
+    )
+    week_of = models.DateField(null=True, blank=True)
+    annotators = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="annotation_batches")
+    reviewers = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="reviewed_batches")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "annotation batches"
+        constraints = [models.CheckConstraint(condition=Q(overlap__gte=1), name="batch_overlap_at_least_one")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_safety(self) -> bool:
+        return self.focus == Focus.SAFETY
+
+
+class Dialogue(models.Model):
+    """Ordered user/assistant turns, written by an annotator or imported from a named source."""
+
+    batch = models.ForeignKey(AnnotationBatch, on_delete=models.CASCADE, related_name="dialogues")
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="dialogues"
+    )
+    source = models.CharField(max_length=100, default="annotator", help_text="'annotator' or an import name.")
+    is_safety = models.BooleanField(default=False, help_text="Used by the combined reward (safety gate).")
+    risk_category = models.CharField(max_length=30, choices=RiskCategory.choices, blank=True)
+    attack_vector = models.CharField(max_length=30, choices=AttackVector.choices, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"Dialogue {self.pk} ({self.source})"
+
+
+class Turn(models.Model):
+    class Role(models.TextChoices):
+        USER = "user", "User"
+        ASSISTANT = "assistant", "Assistant"
+
+    dialogue = models.ForeignKey(Dialogue, on_delete=models.CASCADE, related_name="turns")
+    index = models.PositiveIntegerField()
+    role = models.CharField(max_length=10, choices=Role.choices)
+    content = models.TextField()
+    from_response = models.ForeignKey(
+        "Response", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The chosen response that became this assistant turn.",
+    )
+
+    class Meta:
+        ordering = ["dialogue", "index"]
+        constraints = [models.UniqueConstraint(fields=["dialogue", "index"], name="turn_unique_index")]
+
+    def __str__(self) -> str:
+        return f"{self.role} #{self.index}"
+
+
+class Response(models.Model):
+    """A model response to a dialogue prefix, with how it was sampled."""
+
+    dialogue = models.ForeignKey(Dialogue, on_delete=models.CASCADE, related_name="responses")
+    turn_index = models.PositiveIntegerField(help_text="Number of dialogue turns this responds to.")
+    slot = models.CharField(max_length=1, choices=[("A", "A"), ("B", "B")], blank=True)
+    text = models.TextField()
+    checkpoint = models.ForeignKey(
+        "rlhf.PolicyCheckpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="responses"
+    )
+    generator = models.CharField(max_length=100, blank=True, help_text="Sampler or import that made it.")
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    max_new_tokens = models.PositiveIntegerField(null=True, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # A redelivered sampling job can never store a second response for the same slot.
+            models.UniqueConstraint(
+                fields=["dialogue", "turn_index", "slot"], condition=~Q(slot=""), name="response_unique_slot"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Response {self.pk}"
+
+
+class ComparisonTask(models.Model):
+    """Two responses to the same dialogue prefix, shown side by side."""
+
+    class Status(models.TextChoices):
+        GENERATING = "generating", "Generating responses"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Generation failed"
+
+    class Order(models.TextChoices):
+        A_LEFT = "AB", "A left, B right"
+        B_LEFT = "BA", "B left, A right"
+
+    batch = models.ForeignKey(AnnotationBatch, on_delete=models.CASCADE, related_name="tasks")
+    dialogue = models.ForeignKey(Dialogue, on_delete=models.CASCADE, related_name="tasks")
+    turn_index = models.PositiveIntegerField(help_text="Number of dialogue turns shown above the responses.")
+    response_a = models.ForeignKey(Response, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    response_b = models.ForeignKey(Response, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    shown_order = models.CharField(max_length=2, choices=Order.choices, default=Order.A_LEFT)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.READY)
+    error = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Prompt mode: the annotator who wrote the prompt labels this task.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["dialogue", "turn_index"], name="task_unique_dialogue_turn"),
+            models.CheckConstraint(
+                condition=Q(status="generating") | Q(status="failed")
+                | (Q(response_a__isnull=False) & Q(response_b__isnull=False)),
+                name="task_ready_has_two_responses",
+            ),
+        ]
+        indexes = [models.Index(fields=["batch", "status"])]
+
+    def __str__(self) -> str:
+        return f"Task {self.pk}"
+
+    def responses_in_shown_order(self) -> list[tuple[str, Response]]:
+        pairs = [("A", self.response_a), ("B", self.response_b)]
+        return pairs if self.shown_order == self.Order.A_LEFT else pairs[::-1]
+
+
+class Assignment(models.Model):
+    """A lease on a task for one annotator. Expired leases free the slot for others."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUBMITTED = "submitted", "Submitted"
+        SKIPPED = "skipped", "Skipped"
+        EXPIRED = "expired", "Expired"
+
+    task = models.ForeignKey(ComparisonTask, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    leased_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-leased_at"]
+        constraints = [
+            # One live lease per annotator and task, so a double claim cannot hold two slots.
+            models.UniqueConstraint(
+                fields=["task", "annotator"], condition=Q(status="active"), name="assignment_one_active_per_user"
+            )
+        ]
+        indexes = [models.Index(fields=["task", "status", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.annotator} on task {self.task_id} ({self.status})"
+
+    def is_expired(self, now=None) -> bool:
+        return self.status == self.Status.EXPIRED or (
+            self.status == self.Status.ACTIVE and self.expires_at <= (now or timezone.now())
+        )
+
+
+class Comparison(models.Model):
+    """An annotator's label on a task: the forced choice, its strength and, on safety batches, safety."""
+
+    class Choice(models.TextChoices):
+        A = "A", "Response A"
+        B = "B", "Response B"
+
+    task = models.ForeignKey(ComparisonTask, on_delete=models.CASCADE, related_name="comparisons")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="comparisons")
+    chosen = models.CharField(max_length=1, choices=Choice.choices)
+    strength = models.CharField(max_length=20, choices=PreferenceStrength.choices)
+    response_a_safe = models.BooleanField(null=True, blank=True)
+    response_b_safe = models.BooleanField(null=True, blank=True)
+    safety_category = models.CharField(max_length=12, choices=SafetyCategory.choices, blank=True)
+    note = models.TextField(blank=True)
+    time_on_task = models.DurationField(help_text="Measured on the server: lease start to submit.")
+    idempotency_key = models.UUIDField(null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "annotator"], name="comparison_one_per_task_and_annotator")
+        ]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"Comparison {self.pk}: {self.chosen} {self.strength}"
+
+    @property
+    def chosen_response(self) -> Response:
+        return self.task.response_a if self.chosen == self.Choice.A else self.task.response_b
+
+    @property
+    def rejected_response(self) -> Response:
+        return self.task.response_b if self.chosen == self.Choice.A else self.task.response_a
+
+    @property
+    def is_flagged(self) -> bool:
+        """The paper excludes chosen-unsafe/rejected-safe pairs from reward-model training (§3.2.1)."""
+        return self.safety_category == SafetyCategory.CHOSEN_UNSAFE_REJECTED_SAFE
+
+
+class ComparisonRevision(models.Model):
+    """The label as it was before a change: submitted labels are never overwritten without a trace."""
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="revisions")
+    chosen = models.CharField(max_length=1, choices=Comparison.Choice.choices)
+    strength = models.CharField(max_length=20, choices=PreferenceStrength.choices)
+    response_a_safe = models.BooleanField(null=True, blank=True)
+    response_b_safe = models.BooleanField(null=True, blank=True)
+    safety_category = models.CharField(max_length=12, choices=SafetyCategory.choices, blank=True)
+    note = models.TextField(blank=True)
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    changed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-changed_at"]
+
+    def __str__(self) -> str:
+        return f"Revision of comparison {self.comparison_id} at {self.changed_at:%Y-%m-%d %H:%M}"

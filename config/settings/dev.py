@@ -1,0 +1,6 @@
+"""Local development (``make run``)."""
+
+from config.env import env_bool
+from config.settings.base import *  # noqa: F403
+
+DEBUG = env_bool("DJANGO_DEBUG", True)

@@ -1,0 +1,26 @@
+"""Celery: Redis broker, queue routing and the periodic schedule.
+
+Queue names live in ``workers.queues.Queue``; here they are only routed. Sampling and training never
+share a queue with web-side housekeeping.
+"""
+
+from config.env import env_bool, env_int
+from config.settings.database import REDIS_URL
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {
+    "workers.tasks.generate_task_responses": {"queue": "sampling"},
+    "workers.tasks.expire_leases": {"queue": "default"},
+}
+# A task taken by a worker that dies is redelivered after this many seconds (Redis visibility timeout).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=30)}
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_BEAT_SCHEDULE = {
+    "expire-annotation-leases": {"task": "workers.tasks.expire_leases", "schedule": 60.0},
+}

@@ -1,0 +1,20 @@
+import markdown as md
+import nh3
+from django import template
+from django.utils.safestring import mark_safe
+
+register = template.Library()
+
+
+@register.filter
+def markdown_safe(text: str) -> str:
+    """Render markdown and sanitise the HTML (ammonia's allow-list): scripts and handlers never pass."""
+    return mark_safe(nh3.clean(md.markdown(text or "", extensions=["extra", "sane_lists"])))  # noqa: S308
+
+
+@register.filter
+def get_item(mapping, key):
+    if not mapping:
+        return ""
+    value = mapping.get(key, "")
+    return value[0] if isinstance(value, list) and value else value

@@ -1,0 +1,24 @@
+from django.urls import path
+
+from frontend import views
+
+app_name = "frontend"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("batches/<int:batch_id>/", views.workspace, name="workspace"),
+    path("batches/<int:batch_id>/next/", views.next_task, name="next"),
+    path("batches/<int:batch_id>/prompt/", views.prompt_form, name="prompt_form"),
+    path("batches/<int:batch_id>/prompt/new/", views.write_prompt, name="write_prompt"),
+    path("batches/<int:batch_id>/guidelines/", views.guidelines, name="guidelines"),
+    path("tasks/<int:task_id>/", views.task_detail, name="task"),
+    path("tasks/<int:task_id>/status/", views.task_status, name="task_status"),
+    path("tasks/<int:task_id>/submit/", views.submit, name="submit"),
+    path("tasks/<int:task_id>/skip/", views.skip, name="skip"),
+    path("tasks/<int:task_id>/retry/", views.retry, name="retry"),
+    path("labels/", views.my_labels, name="labels"),
+    path("labels/<int:comparison_id>/", views.edit_label, name="edit_label"),
+    path("labels/<int:comparison_id>/done/", views.task_done, name="task_done"),
+    path("labels/<int:comparison_id>/continue/", views.continue_dialogue, name="continue"),
+    path("review/<int:batch_id>/", views.review, name="review"),
+]

@@ -1,0 +1,304 @@
+"""The annotator's workspace: thin function views over ``annotation.services`` and ``selectors``.
+
+Each page template holds named partials; a view returns the partial when the request comes from htmx
+and the whole page otherwise, so every link and form also works without JavaScript.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.middleware import HtmxDetails
+
+from annotation import selectors, services
+from annotation.models import (
+    AttackVector,
+    Comparison,
+    ComparisonTask,
+    PreferenceStrength,
+    RiskCategory,
+)
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+STRENGTH_KEYS = list(zip("1234", PreferenceStrength.choices, strict=True))
+
+
+def _parse_safe(value: str | None) -> bool | None:
+    return {"safe": True, "unsafe": False}.get(value or "")
+
+
+def _label_from_post(request: HttpRequest) -> services.LabelInput:
+    post = request.POST
+    return services.LabelInput(
+        chosen=post.get("chosen") or None,
+        strength=post.get("strength") or None,
+        response_a_safe=_parse_safe(post.get("response_a_safe")),
+        response_b_safe=_parse_safe(post.get("response_b_safe")),
+        note=post.get("note", ""),
+    )
+
+
+def _idempotency_key(request: HttpRequest) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(request.POST.get("idempotency_key", ""))
+    except ValueError:
+        return None
+
+
+def _task_context(task: ComparisonTask, *, errors=None, values=None, notice: str = "") -> dict:
+    turns = list(task.dialogue.turns.order_by("index")[: task.turn_index])
+    columns = []
+    if task.status == ComparisonTask.Status.READY:
+        for shown_label, (slot, response) in zip("AB", task.responses_in_shown_order(), strict=True):
+            columns.append({"shown": shown_label, "slot": slot, "response": response,
+                            "side": "left" if shown_label == "A" else "right"})
+    return {
+        "task": task,
+        "batch": task.batch,
+        "turns": turns,
+        "columns": columns,
+        "strengths": STRENGTH_KEYS,
+        "errors": errors or {},
+        "values": values or {},
+        "notice": notice,
+        "idempotency_key": uuid.uuid4(),
+    }
+
+
+def _work(request: HtmxHttpRequest, template_partial: str, context: dict, page: str = "frontend/workspace.html"):
+    """Render the named partial for htmx, the whole workspace page otherwise."""
+    if request.htmx:
+        return render(request, f"{page}#{template_partial}", context)
+    context.setdefault("partial", template_partial)
+    return render(request, page, context)
+
+
+def _workspace_context(request: HttpRequest, batch) -> dict:
+    return {
+        "batch": batch,
+        "risk_categories": RiskCategory.choices,
+        "attack_vectors": AttackVector.choices,
+        "progress": selectors.batch_progress(batch, request.user),
+    }
+
+
+def _next_task_response(request: HtmxHttpRequest, batch, notice: str = "") -> HttpResponse:
+    assignment = services.claim_next_task(request.user, batch.pk)
+    context = _workspace_context(request, batch)
+    if assignment is None:
+        context["notice"] = notice
+        return _work(request, "empty", context)
+    task = selectors.get_task_for_annotator(request.user, assignment.task_id)
+    context.update(_task_context(task, notice=notice))
+    return _work(request, "task", context)
+
+
+@login_required
+@require_GET
+def home(request: HtmxHttpRequest) -> HttpResponse:
+    batches = [
+        {"batch": b, "progress": selectors.batch_progress(b, request.user)}
+        for b in selectors.batches_for_annotator(request.user)
+    ]
+    reviewing = selectors.batches_for_reviewer(request.user) if request.user.is_authenticated else []
+    return render(request, "frontend/home.html", {"batches": batches, "reviewing": reviewing})
+
+
+@login_required
+@require_GET
+def workspace(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
+    batch = selectors.get_batch_for_annotator(request.user, batch_id)
+    return _next_task_response(request, batch)
+
+
+@login_required
+@require_POST
+def next_task(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
+    batch = selectors.get_batch_for_annotator(request.user, batch_id)
+    if not request.htmx:
+        return redirect("frontend:workspace", batch_id=batch.pk)
+    return _next_task_response(request, batch)
+
+
+@login_required
+@require_GET
+def task_detail(request: HtmxHttpRequest, task_id: int) -> HttpResponse:
+    task = selectors.get_task_for_annotator(request.user, task_id)
+    context = _workspace_context(request, task.batch)
+    context.update(_task_context(task))
+    if task.status != ComparisonTask.Status.READY:
+        return _work(request, "generating", context)
+    return _work(request, "task", context)
+
+
+@login_required
+@require_GET
+def task_status(request: HtmxHttpRequest, task_id: int) -> HttpResponse:
+    """Polled while a prompt-mode pair is generating; swaps in the pair once it is ready."""
+    return task_detail(request, task_id)
+
+
+@login_required
+@require_POST
+def submit(request: HtmxHttpRequest, task_id: int) -> HttpResponse:
+    task = selectors.get_task_for_annotator(request.user, task_id)
+    batch = task.batch
+    label = _label_from_post(request)
+    try:
+        result = services.submit_comparison(request.user, task.pk, label,
+                                            idempotency_key=_idempotency_key(request))
+    except ValidationError as exc:
+        context = _workspace_context(request, batch)
+        context.update(_task_context(task, errors=exc.message_dict, values=request.POST))
+        return _work(request, "task", context)
+    except services.LeaseExpired as exc:
+        if not request.htmx:
+            messages.warning(request, str(exc))
+            return redirect("frontend:workspace", batch_id=batch.pk)
+        return _next_task_response(request, batch, notice=str(exc))
+    comparison = result.comparison
+    if task.owner_id == request.user.pk:
+        context = _workspace_context(request, batch)
+        context.update({"comparison": comparison, "task": task})
+        if not request.htmx:
+            return redirect("frontend:task_done", comparison_id=comparison.pk)
+        return _work(request, "after_submit", context)
+    if not request.htmx:
+        messages.success(request, "Saved.")
+        return redirect("frontend:workspace", batch_id=batch.pk)
+    return _next_task_response(request, batch, notice="Saved. Here is the next pair.")
+
+
+@login_required
+@require_GET
+def task_done(request: HtmxHttpRequest, comparison_id: int) -> HttpResponse:
+    comparison = selectors.get_comparison_for_annotator(request.user, comparison_id)
+    context = _workspace_context(request, comparison.task.batch)
+    context.update({"comparison": comparison, "task": comparison.task})
+    return _work(request, "after_submit", context)
+
+
+@login_required
+@require_POST
+def skip(request: HtmxHttpRequest, task_id: int) -> HttpResponse:
+    task = selectors.get_task_for_annotator(request.user, task_id)
+    services.skip_task(request.user, task.pk)
+    if not request.htmx:
+        return redirect("frontend:workspace", batch_id=task.batch_id)
+    return _next_task_response(request, task.batch, notice="Skipped.")
+
+
+@login_required
+@require_POST
+def write_prompt(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
+    batch = selectors.get_batch_for_annotator(request.user, batch_id)
+    try:
+        task = services.start_prompt_task(
+            request.user, batch.pk, request.POST.get("prompt", ""),
+            risk_category=request.POST.get("risk_category", ""),
+            attack_vector=request.POST.get("attack_vector", ""),
+        )
+    except ValidationError as exc:
+        context = _workspace_context(request, batch)
+        context.update({"prompt_errors": exc.message_dict, "prompt_value": request.POST.get("prompt", "")})
+        return _work(request, "prompt_form", context)
+    if not request.htmx:
+        return redirect("frontend:task", task_id=task.pk)
+    context = _workspace_context(request, batch)
+    context.update(_task_context(task))
+    return _work(request, "generating", context)
+
+
+@login_required
+@require_GET
+def prompt_form(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
+    batch = selectors.get_batch_for_annotator(request.user, batch_id)
+    return _work(request, "prompt_form", _workspace_context(request, batch))
+
+
+@login_required
+@require_POST
+def continue_dialogue(request: HtmxHttpRequest, comparison_id: int) -> HttpResponse:
+    comparison = selectors.get_comparison_for_annotator(request.user, comparison_id)
+    try:
+        task = services.continue_dialogue(request.user, comparison.pk, request.POST.get("prompt", ""))
+    except ValidationError as exc:
+        context = _workspace_context(request, comparison.task.batch)
+        context.update({"comparison": comparison, "task": comparison.task,
+                        "prompt_errors": exc.message_dict, "prompt_value": request.POST.get("prompt", "")})
+        return _work(request, "after_submit", context)
+    if not request.htmx:
+        return redirect("frontend:task", task_id=task.pk)
+    context = _workspace_context(request, task.batch)
+    context.update(_task_context(task))
+    return _work(request, "generating", context)
+
+
+@login_required
+@require_POST
+def retry(request: HtmxHttpRequest, task_id: int) -> HttpResponse:
+    task = services.retry_generation(request.user, task_id)
+    if not request.htmx:
+        return redirect("frontend:task", task_id=task.pk)
+    context = _workspace_context(request, task.batch)
+    context.update(_task_context(task))
+    return _work(request, "generating", context)
+
+
+@login_required
+@require_GET
+def guidelines(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
+    batch = selectors.get_batch_for_annotator(request.user, batch_id)
+    return render(request, "frontend/guidelines.html", {"batch": batch})
+
+
+@login_required
+@require_GET
+def my_labels(request: HtmxHttpRequest) -> HttpResponse:
+    comparisons = selectors.comparisons_of_annotator(request.user)[:200]
+    return render(request, "frontend/labels.html", {"comparisons": comparisons})
+
+
+@login_required
+def edit_label(request: HtmxHttpRequest, comparison_id: int) -> HttpResponse:
+    comparison = selectors.get_comparison_for_annotator(request.user, comparison_id)
+    task = comparison.task
+    errors: dict = {}
+    if request.method == "POST":
+        try:
+            services.revise_comparison(request.user, comparison.pk, _label_from_post(request))
+        except ValidationError as exc:
+            errors = exc.message_dict
+        else:
+            messages.success(request, "Label changed; the previous version is kept in its history.")
+            return redirect(reverse("frontend:labels"))
+    values = request.POST if errors else {
+        "chosen": comparison.chosen,
+        "strength": comparison.strength,
+        "response_a_safe": {True: "safe", False: "unsafe"}.get(comparison.response_a_safe, ""),
+        "response_b_safe": {True: "safe", False: "unsafe"}.get(comparison.response_b_safe, ""),
+        "note": comparison.note,
+    }
+    context = _task_context(task, errors=errors, values=values)
+    context.update({"comparison": comparison, "revisions": comparison.revisions.all()})
+    return render(request, "frontend/edit_label.html", context)
+
+
+@login_required
+@require_GET
+def review(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
+    batch = selectors.get_batch_for_reviewer(request.user, batch_id)
+    comparisons = selectors.comparisons_for_reviewer(request.user, batch)[:500]
+    return render(request, "frontend/review.html", {"batch": batch, "comparisons": comparisons,
+                                                    "Comparison": Comparison})
