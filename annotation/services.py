@@ -214,27 +214,35 @@ def submit_comparison(
         category = _validate_label(task.batch, label)
         now = timezone.now()
         assignment = selectors.current_assignment(user, task)
-        if task.owner_id != user.pk and (assignment is None or assignment.expires_at <= now):
+        lease_lapsed = task.owner_id != user.pk and (assignment is None or assignment.expires_at <= now)
+        if lease_lapsed:
             if assignment is not None:
+                # Committed before raising: the lease is over whatever the caller does next.
                 assignment.status = Assignment.Status.EXPIRED
                 assignment.save(update_fields=["status"])
-            raise LeaseExpired(task.pk)
-        comparison = Comparison.objects.create(
-            task=task,
-            annotator=user,
-            chosen=label.chosen,
-            strength=label.strength,
-            response_a_safe=label.response_a_safe,
-            response_b_safe=label.response_b_safe,
-            safety_category=category,
-            note=label.note.strip(),
-            time_on_task=now - (assignment.leased_at if assignment else task.created_at),
-            idempotency_key=idempotency_key,
-        )
-        if assignment is not None:
-            assignment.status = Assignment.Status.SUBMITTED
-            assignment.save(update_fields=["status"])
-        return SubmitResult(comparison, created=True)
+        else:
+            return SubmitResult(_record_label(user, task, label, category, assignment, now, idempotency_key), True)
+    raise LeaseExpired(task.pk)
+
+
+def _record_label(user, task, label, category, assignment, now, idempotency_key) -> Comparison:
+    """Write the comparison and close the lease (inside the caller's transaction)."""
+    comparison = Comparison.objects.create(
+        task=task,
+        annotator=user,
+        chosen=label.chosen,
+        strength=label.strength,
+        response_a_safe=label.response_a_safe,
+        response_b_safe=label.response_b_safe,
+        safety_category=category,
+        note=label.note.strip(),
+        time_on_task=now - (assignment.leased_at if assignment else task.created_at),
+        idempotency_key=idempotency_key,
+    )
+    if assignment is not None:
+        assignment.status = Assignment.Status.SUBMITTED
+        assignment.save(update_fields=["status"])
+    return comparison
 
 
 def revise_comparison(user: AbstractBaseUser, comparison_id: int, label: LabelInput) -> Comparison:

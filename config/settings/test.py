@@ -8,3 +8,6 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Serve static files from the apps in tests (no collectstatic); the browser tests need them.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

@@ -37,13 +37,20 @@
     }
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     const key = event.key.toLowerCase();
+    // While a modal dialog is open (the guidelines), the page behind it is inert: its keys must not
+    // label, skip or submit the pair. G closes the guidelines again; Escape and Tab work natively.
+    const openDialog = document.querySelector("dialog[open]");
+    if (openDialog) {
+      if (key === "g" && openDialog.id === "guidelines-dialog") { event.preventDefault(); openDialog.close(); }
+      return;
+    }
     const f = form();
     // Enter on a focused button or link outside the label form keeps its usual meaning.
     if (key === "enter" && target && (target.tagName === "BUTTON" || target.tagName === "A") &&
         !(f && f.contains(target) && target.type === "submit" && !target.hasAttribute("data-skip"))) return;
     if (key === "g") {
       const dialog = document.getElementById("guidelines-dialog");
-      if (dialog) { event.preventDefault(); dialog.open ? dialog.close() : dialog.showModal(); }
+      if (dialog) { event.preventDefault(); dialog.showModal(); }
       return;
     }
     if (key === "p") {

@@ -1,0 +1,50 @@
+"""Fifty annotators, each in its own thread and PostgreSQL connection, claim and submit until the batch is
+done: no task gets more annotators than its overlap, nobody labels a task twice, nothing is left over."""
+
+import threading
+from collections import Counter
+
+import pytest
+from django.db import connection
+
+from annotation import services
+from annotation.models import Comparison
+from tests.factories import BatchFactory, UserFactory, make_pairs
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.mark.parametrize("overlap", [1, 3])
+def test_fifty_concurrent_annotators_finish_a_batch_without_over_or_double_labelling(overlap):
+    annotators = [UserFactory() for _ in range(50)]
+    batch = BatchFactory(annotators=annotators, overlap=overlap)
+    tasks = make_pairs(batch, 120)
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(annotators))
+
+    def work(user):
+        try:
+            start.wait()
+            while True:
+                lease = services.claim_next_task(user, batch.pk)
+                if lease is None:
+                    return
+                services.submit_comparison(user, lease.task_id, services.LabelInput(chosen="B", strength="better"))
+        except BaseException as exc:  # surfaced below; a thread's exception would otherwise vanish
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(u,)) for u in annotators]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert not errors, errors[:3]
+    assert not any(t.is_alive() for t in threads)
+
+    per_task = Counter(Comparison.objects.values_list("task_id", flat=True))
+    assert set(per_task) == {t.pk for t in tasks}, "every task is labelled"
+    assert set(per_task.values()) == {overlap}, "every task has exactly `overlap` labels"
+    pairs = list(Comparison.objects.values_list("task_id", "annotator_id"))
+    assert len(pairs) == len(set(pairs)) == len(tasks) * overlap

@@ -1,0 +1,36 @@
+"""The demo seed: real data, printed credentials, and safe to run twice."""
+
+import pytest
+from django.contrib.auth import authenticate, get_user_model
+from django.core.management import call_command
+
+from annotation.models import AnnotationBatch, ComparisonTask, Focus
+
+pytestmark = pytest.mark.django_db
+
+
+def test_seed_demo_creates_users_and_both_batches_from_real_data_and_is_idempotent(tmp_path, capsys):
+    creds = tmp_path / "creds.txt"
+    call_command("seed_demo", credentials_file=str(creds), safety_pairs=15, helpfulness_prompts=5)
+    out = capsys.readouterr().out
+    passwords = dict(line.split() for line in creds.read_text().splitlines())
+    assert set(passwords) == {"admin", "alice", "bob"}
+    for username, password in passwords.items():
+        assert password in out
+        assert authenticate(username=username, password=password) is not None
+    assert get_user_model().objects.get(username="admin").is_staff
+    helpfulness = AnnotationBatch.objects.get(focus=Focus.HELPFULNESS)
+    safety = AnnotationBatch.objects.get(focus=Focus.SAFETY)
+    assert helpfulness.tasks.filter(status=ComparisonTask.Status.READY).count() == 5
+    assert safety.tasks.count() == 15
+    first = safety.tasks.order_by("id").first()
+    assert first.dialogue.source == "anthropic-hh-rlhf-harmless" and first.dialogue.is_safety
+    assert first.dialogue.turns.first().content == "How much alcohol can I drink per day?"
+    assert (
+        "Compose an engaging travel blog post" in helpfulness.tasks.order_by("id").first().dialogue.turns.get().content
+    )
+    assert set(helpfulness.annotators.values_list("username", flat=True)) == {"alice", "bob"}
+
+    call_command("seed_demo", credentials_file=str(creds), safety_pairs=15, helpfulness_prompts=5)
+    assert ComparisonTask.objects.count() == 20
+    assert dict(line.split() for line in creds.read_text().splitlines()) == passwords
