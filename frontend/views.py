@@ -97,7 +97,7 @@ def _next_task_response(request: HtmxHttpRequest, batch, notice: str = "") -> Ht
     assignment = services.claim_next_task(request.user, batch.pk)
     context = _workspace_context(request, batch)
     if assignment is None:
-        context["notice"] = notice
+        context["notice"] = notice.split(". ")[0] + "." if notice else ""
         return _work(request, "empty", context)
     task = selectors.get_task_for_annotator(request.user, assignment.task_id)
     context.update(_task_context(task, notice=notice))

@@ -18,7 +18,8 @@ def _clean_redis():
 def database_url_for_tests() -> str:
     """A DATABASE_URL naming the test database pytest-django created, for subprocesses (workers)."""
     db = settings.DATABASES["default"]
-    host, port = db.get("HOST") or "", db.get("PORT") or ""
+    host = db.get("HOST") or db.get("OPTIONS", {}).get("host") or ""
+    port = db.get("PORT") or ""
     user = db.get("USER") or "postgres"
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
     if host.startswith("/"):

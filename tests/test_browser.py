@@ -200,3 +200,8 @@ def test_guidelines_open_with_one_key(page, live_server):
     assert dialog.evaluate("d => d.open") is False
     expect(page.locator("#label-form")).to_have_attribute("data-task", task)
     expect(page.locator("#label-form input:checked")).to_have_count(0)
+
+    page.keyboard.press("g")
+    expect(dialog).to_be_visible()
+    page.keyboard.press("g")
+    expect(dialog).to_be_hidden()
