@@ -104,6 +104,15 @@ def _next_task_response(request: HtmxHttpRequest, batch, notice: str = "") -> Ht
     return _work(request, "task", context)
 
 
+def _generating_response(request: HtmxHttpRequest, task: ComparisonTask) -> HttpResponse:
+    """The pair is being sampled: a polling fragment for htmx, the task page otherwise."""
+    if not request.htmx:
+        return redirect("frontend:task", task_id=task.pk)
+    context = _workspace_context(request, task.batch)
+    context.update(_task_context(task))
+    return _work(request, "generating", context)
+
+
 @login_required
 @require_GET
 def home(request: HtmxHttpRequest) -> HttpResponse:
@@ -238,22 +247,14 @@ def continue_dialogue(request: HtmxHttpRequest, comparison_id: int) -> HttpRespo
         context.update({"comparison": comparison, "task": comparison.task,
                         "prompt_errors": exc.message_dict, "prompt_value": request.POST.get("prompt", "")})
         return _work(request, "after_submit", context)
-    if not request.htmx:
-        return redirect("frontend:task", task_id=task.pk)
-    context = _workspace_context(request, task.batch)
-    context.update(_task_context(task))
-    return _work(request, "generating", context)
+    return _generating_response(request, task)
 
 
 @login_required
 @require_POST
 def retry(request: HtmxHttpRequest, task_id: int) -> HttpResponse:
     task = services.retry_generation(request.user, task_id)
-    if not request.htmx:
-        return redirect("frontend:task", task_id=task.pk)
-    context = _workspace_context(request, task.batch)
-    context.update(_task_context(task))
-    return _work(request, "generating", context)
+    return _generating_response(request, task)
 
 
 @login_required
