@@ -18,6 +18,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m config.devservices test $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	$(PY) -m config.devservices bench $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(VENV)/bin/lint-imports
 

@@ -26,6 +26,18 @@ def default_temperatures() -> list[float]:
     return list(settings.LADDER_DEFAULT_TEMPERATURES)
 
 
+def default_top_p() -> float:
+    return settings.LADDER_DEFAULT_TOP_P
+
+
+def default_max_new_tokens() -> int:
+    return settings.LADDER_DEFAULT_MAX_NEW_TOKENS
+
+
+def default_min_ready() -> int:
+    return settings.LADDER_QUEUE_MIN_READY
+
+
 class Focus(models.TextChoices):
     HELPFULNESS = "helpfulness", "Helpfulness"
     SAFETY = "safety", "Safety"
@@ -121,6 +133,12 @@ class AnnotationBatch(models.Model):
     temperatures = ArrayField(
         models.FloatField(), default=default_temperatures, help_text="Temperatures a pair is drawn from."
     )
+    top_p = models.FloatField(default=default_top_p)
+    max_new_tokens = models.PositiveIntegerField(default=default_max_new_tokens)
+    min_ready_pairs = models.PositiveIntegerField(
+        default=default_min_ready,
+        help_text="Queue refill keeps at least this many unlabelled pairs ready, from the prompt pool.",
+    )
     week_of = models.DateField(null=True, blank=True)
     annotators = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="annotation_batches")
     reviewers = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="reviewed_batches")
@@ -139,6 +157,24 @@ class AnnotationBatch(models.Model):
         return self.focus == Focus.SAFETY
 
 
+class Prompt(models.Model):
+    """A prompt in a batch's pool; queue refill turns unused ones into comparison tasks."""
+
+    batch = models.ForeignKey(AnnotationBatch, on_delete=models.CASCADE, related_name="prompts")
+    messages = models.JSONField(help_text='[{"role": "user", "content": ...}, ...], ending with a user turn.')
+    category = models.CharField(max_length=100, blank=True)
+    is_safety = models.BooleanField(default=False)
+    risk_category = models.CharField(max_length=30, choices=RiskCategory.choices, blank=True)
+    source = models.CharField(max_length=100, default="manual")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return (self.messages[-1]["content"] if self.messages else "")[:60]
+
+
 class Dialogue(models.Model):
     """Ordered user/assistant turns, written by an annotator or imported from a named source."""
 
@@ -150,10 +186,16 @@ class Dialogue(models.Model):
     is_safety = models.BooleanField(default=False, help_text="Used by the combined reward (safety gate).")
     risk_category = models.CharField(max_length=30, choices=RiskCategory.choices, blank=True)
     attack_vector = models.CharField(max_length=30, choices=AttackVector.choices, blank=True)
+    prompt = models.ForeignKey(Prompt, null=True, blank=True, on_delete=models.SET_NULL, related_name="dialogues")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
+        constraints = [
+            # Refill uses each pool prompt once per batch, even when two refills race.
+            models.UniqueConstraint(fields=["batch", "prompt"], condition=Q(prompt__isnull=False),
+                                    name="dialogue_prompt_once_per_batch")
+        ]
 
     def __str__(self) -> str:
         return f"Dialogue {self.pk} ({self.source})"
@@ -233,6 +275,11 @@ class ComparisonTask(models.Model):
     shown_order = models.CharField(max_length=2, choices=Order.choices, default=Order.A_LEFT)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.READY)
     error = models.TextField(blank=True)
+    note = models.TextField(blank=True, help_text="e.g. the prompt was truncated to fit the model's context.")
+    generation_attempts = models.PositiveSmallIntegerField(default=0)
+    sampling_claimed_until = models.DateTimeField(
+        null=True, blank=True, help_text="A worker is sampling this task's pair until then."
+    )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="Prompt mode: the annotator who wrote the prompt labels this task.",

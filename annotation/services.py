@@ -18,9 +18,8 @@ from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
 from annotation import selectors
 from annotation.models import (
@@ -31,14 +30,13 @@ from annotation.models import (
     ComparisonRevision,
     ComparisonTask,
     Dialogue,
-    PairSampling,
     PreferenceStrength,
+    Prompt,
     Response,
     RiskCategory,
     SafetyCategory,
     Turn,
 )
-from models_core.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +168,8 @@ def _validate_label(batch: AnnotationBatch, label: LabelInput) -> str:
         errors["chosen"] = "Choose response A or B."
     if label.strength not in PreferenceStrength.values:
         errors["strength"] = "Say how much better the chosen response is (keys 1 to 4)."
+    if "\x00" in label.note:
+        errors["note"] = "The note contains a NUL character."
     if len(label.note) > settings.LADDER_NOTE_MAX_CHARS:
         errors["note"] = f"Keep the note under {settings.LADDER_NOTE_MAX_CHARS} characters."
     category = ""
@@ -274,7 +274,7 @@ def revise_comparison(user: AbstractBaseUser, comparison_id: int, label: LabelIn
 # --- prompt mode and multi-turn dialogues ---------------------------------------------------------------
 
 def _validate_prompt(text: str) -> str:
-    text = (text or "").strip()
+    text = (text or "").replace("\x00", "").strip()
     if not text:
         raise ValidationError({"prompt": "Write a prompt first."})
     limit = settings.LADDER_PROMPT_MAX_CHARS
@@ -352,69 +352,6 @@ def continue_dialogue(user: AbstractBaseUser, comparison_id: int, next_prompt: s
         return _new_generating_task(user, dialogue, turn_index=task.turn_index + 2)
 
 
-def plan_pair(batch: AnnotationBatch, rng: random.Random):
-    """The two (checkpoint, temperature) settings of a pair, following the batch's sampling setting."""
-    temps = list(batch.temperatures) or list(settings.LADDER_DEFAULT_TEMPERATURES)
-    if batch.pair_sampling in (PairSampling.TEMPERATURES, PairSampling.CHECKPOINTS_AND_TEMPERATURES) \
-            and len(set(temps)) >= 2:
-        t_a, t_b = rng.sample(sorted(set(temps)), 2)
-    else:
-        t_a = t_b = temps[0]
-    if batch.pair_sampling in (PairSampling.CHECKPOINTS, PairSampling.CHECKPOINTS_AND_TEMPERATURES):
-        c_a, c_b = batch.checkpoint_a, batch.checkpoint_b or batch.checkpoint_a
-    else:
-        c_a = c_b = batch.checkpoint_a
-    return [(c_a, t_a), (c_b, t_b)]
-
-
-def generate_task_responses(task_id: int) -> bool:
-    """Sample the two responses of a prompt-mode task. Idempotent: a redelivered job finds the task
-    ready and does nothing. Returns whether it generated."""
-    sampler = import_string(settings.LADDER_SAMPLER)()
-    with transaction.atomic():
-        task = (
-            ComparisonTask.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("batch", "batch__checkpoint_a", "batch__checkpoint_b", "dialogue")
-            .filter(pk=task_id, status=ComparisonTask.Status.GENERATING)
-            .first()
-        )
-        if task is None:
-            return False
-        messages = [
-            {"role": t.role, "content": t.content}
-            for t in task.dialogue.turns.order_by("index")[: task.turn_index]
-        ]
-        rng = random.Random(task.pk)
-        plan = plan_pair(task.batch, rng)
-        params = [
-            SamplingParams(temperature=temp, seed=task.pk * 2 + i) for i, (_ckpt, temp) in enumerate(plan)
-        ]
-        texts = []
-        for (ckpt, _temp), p in zip(plan, params, strict=True):
-            texts.extend(sampler.sample(messages, [p], ckpt.uri if ckpt else None))
-        responses = []
-        for slot, (ckpt, _temp), p, sampled in zip("AB", plan, params, texts, strict=True):
-            responses.append(
-                Response.objects.create(
-                    dialogue=task.dialogue, turn_index=task.turn_index, slot=slot, text=sampled.text,
-                    checkpoint=ckpt, generator=sampler.name, temperature=p.temperature, top_p=p.top_p,
-                    max_new_tokens=p.max_new_tokens, seed=p.seed, prompt_tokens=sampled.prompt_tokens,
-                    completion_tokens=sampled.completion_tokens,
-                )
-            )
-        task.response_a, task.response_b = responses
-        task.status = ComparisonTask.Status.READY
-        task.error = ""
-        task.save(update_fields=["response_a", "response_b", "status", "error"])
-        return True
-
-
-def mark_generation_failed(task_id: int, error: str) -> None:
-    ComparisonTask.objects.filter(pk=task_id, status=ComparisonTask.Status.GENERATING).update(
-        status=ComparisonTask.Status.FAILED, error=error[:2000]
-    )
-
-
 def retry_generation(user: AbstractBaseUser, task_id: int) -> ComparisonTask:
     """Send a failed prompt-mode task back to the workers; the prompt is kept."""
     with transaction.atomic():
@@ -422,7 +359,8 @@ def retry_generation(user: AbstractBaseUser, task_id: int) -> ComparisonTask:
         if task.status == ComparisonTask.Status.FAILED:
             task.status = ComparisonTask.Status.GENERATING
             task.error = ""
-            task.save(update_fields=["status", "error"])
+            task.generation_attempts = 0
+            task.save(update_fields=["status", "error", "generation_attempts"])
             transaction.on_commit(lambda: current_app.send_task(GENERATE_TASK, args=[task.pk]))
         return task
 
@@ -475,21 +413,77 @@ def create_queue_pairs(batch: AnnotationBatch, pairs: list[PairInput], *, seed: 
     return created
 
 
-def create_prompt_pool_tasks(
-    batch: AnnotationBatch, prompts: list[str], *, source: str, enqueue: bool = True
-) -> list[ComparisonTask]:
-    """Queue-mode tasks from a pool of prompts; their pairs are sampled by the workers."""
-    texts = [_validate_prompt(p) for p in prompts]
-    tasks = []
+def add_prompts(batch: AnnotationBatch, prompts: list[dict], *, source: str) -> list[Prompt]:
+    """Add prompts to a batch's pool, all or nothing. Each is {"messages": [...], "category": ...}."""
+    rows = []
+    for n, item in enumerate(prompts, start=1):
+        messages = item.get("messages") or []
+        if not messages or messages[-1].get("role") != Turn.Role.USER:
+            raise ValidationError(f"Prompt {n}: the messages must end with a user turn.")
+        for m in messages:
+            _validate_prompt(m.get("content", ""))
+        rows.append(Prompt(batch=batch, messages=messages, category=item.get("category", ""),
+                           is_safety=item.get("is_safety", batch.is_safety),
+                           risk_category=item.get("risk_category", ""), source=source))
     with transaction.atomic():
-        for text in texts:
-            dialogue = Dialogue.objects.create(batch=batch, source=source, is_safety=batch.is_safety)
-            Turn.objects.create(dialogue=dialogue, index=0, role=Turn.Role.USER, content=text)
-            task = ComparisonTask.objects.create(
-                batch=batch, dialogue=dialogue, turn_index=1, status=ComparisonTask.Status.GENERATING,
-                shown_order=random.choice(ComparisonTask.Order.values),
+        return Prompt.objects.bulk_create(rows)
+
+
+def _enqueue_generation(task_ids: list[int]) -> None:
+    for pk in task_ids:
+        current_app.send_task(GENERATE_TASK, args=[pk])
+
+
+def refill_queue(batch_id: int, *, enqueue: bool = True) -> list[ComparisonTask]:
+    """Keep at least ``batch.min_ready_pairs`` unlabelled queue pairs ready or on their way, turning
+    unused pool prompts into tasks. The batch row lock keeps two refills from overshooting."""
+    with transaction.atomic():
+        batch = AnnotationBatch.objects.select_for_update().get(pk=batch_id)
+        if batch.status != AnnotationBatch.Status.OPEN:
+            return []
+        pending = (
+            ComparisonTask.objects.filter(batch=batch, owner__isnull=True,
+                                          status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.GENERATING])
+            .annotate(n=models.Count("comparisons")).filter(n__lt=batch.overlap).count()
+        )
+        missing = batch.min_ready_pairs - pending
+        if missing <= 0:
+            return []
+        prompts = list(Prompt.objects.filter(batch=batch).exclude(dialogues__batch=batch).order_by("id")[:missing])
+        tasks = []
+        for prompt in prompts:
+            dialogue = Dialogue.objects.create(batch=batch, source=prompt.source, is_safety=prompt.is_safety,
+                                               risk_category=prompt.risk_category, prompt=prompt)
+            Turn.objects.bulk_create(
+                Turn(dialogue=dialogue, index=i, role=m["role"], content=m["content"])
+                for i, m in enumerate(prompt.messages)
             )
-            tasks.append(task)
-            if enqueue:
-                transaction.on_commit(lambda pk=task.pk: current_app.send_task(GENERATE_TASK, args=[pk]))
-    return tasks
+            tasks.append(ComparisonTask.objects.create(
+                batch=batch, dialogue=dialogue, turn_index=len(prompt.messages),
+                status=ComparisonTask.Status.GENERATING, shown_order=random.choice(ComparisonTask.Order.values),
+            ))
+        if enqueue:
+            ids = [t.pk for t in tasks]
+            transaction.on_commit(lambda: _enqueue_generation(ids))
+        return tasks
+
+
+def requeue_stalled_generation(older_than_seconds: int = 300) -> int:
+    """Send again the tasks whose sampling job was lost (a broker flushed, a claim that lapsed)."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    stalled = list(
+        ComparisonTask.objects.filter(status=ComparisonTask.Status.GENERATING, created_at__lt=cutoff)
+        .filter(models.Q(sampling_claimed_until__isnull=True) | models.Q(sampling_claimed_until__lt=timezone.now()))
+        .values_list("pk", flat=True)[:500]
+    )
+    _enqueue_generation(stalled)
+    return len(stalled)
+
+
+def refill_all_queues() -> dict[int, int]:
+    created = {}
+    for batch_id in AnnotationBatch.objects.filter(status=AnnotationBatch.Status.OPEN,
+                                                   prompts__isnull=False).distinct().values_list("pk", flat=True):
+        created[batch_id] = len(refill_queue(batch_id))
+    requeue_stalled_generation()
+    return created

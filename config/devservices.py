@@ -121,6 +121,7 @@ def run(port: int) -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
     ensure_services(ROOT / ".local")
     _manage("migrate", "--noinput", "-v", "0")
+    _manage("bootstrap_policy")  # once: later runs find sft-v0 registered
     _manage("seed_demo")
     worker = subprocess.Popen(
         [PY, "-m", "celery", "-A", "workers.celery_app", "worker", "--beat", "-Q", "default,sampling",
@@ -163,17 +164,41 @@ def test(pytest_args: list[str]) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bench(args: list[str]) -> int:
+    """Run every benchmark in bench/ (each prints its ratio against a baseline measured in the same run)."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
+    tmp = Path(tempfile.mkdtemp(prefix="ladder-bench-"))
+    started_pg = not os.environ.get("DATABASE_URL")
+    started_redis = not os.environ.get("REDIS_URL")
+    try:
+        ensure_services(tmp)
+        code = 0
+        for script in sorted((ROOT / "bench").glob("*.py")):
+            print(f"$ python bench/{script.name} {' '.join(args)}", flush=True)
+            code = subprocess.run([PY, str(script), *args], cwd=ROOT).returncode or code
+        return code
+    finally:
+        if started_redis:
+            stop_redis(tmp / "redis")
+        if started_pg:
+            stop_postgres(tmp / "postgres")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="serve the platform with its worker")
     run_parser.add_argument("--port", type=int, default=8000)
     sub.add_parser("test", help="ruff, import-linter and the whole pytest suite; other arguments go to pytest")
+    sub.add_parser("bench", help="every benchmark in bench/; other arguments go to each")
     args, rest = parser.parse_known_args()
     if args.command == "run":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return run(args.port)
+    if args.command == "bench":
+        return bench(rest)
     return test(rest)
 
 

@@ -98,3 +98,10 @@ def env_float_list(name: str, default: list[float]) -> list[float]:
         return [float(item) for item in items]
     except ValueError:
         raise ImproperlyConfigured(f"{name}={_raw(name)!r} must be a comma-separated list of numbers.") from None
+
+
+def env_choice(name: str, default: str, choices: list[str]) -> str:
+    value = env_str(name, default)
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} must be one of {', '.join(choices)}.")
+    return value

@@ -20,6 +20,8 @@ class SamplingParams:
     top_p: float = 0.9
     max_new_tokens: int = 256
     seed: int = 0
+    # Forces at least this many new tokens before EOS may end a reply (0: the model may stop at once).
+    min_new_tokens: int = 0
 
 
 @dataclass(frozen=True)

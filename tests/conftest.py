@@ -27,10 +27,9 @@ def database_url_for_tests() -> str:
     return f"postgres://{user}{password}@{host}{':' + str(port) if port else ''}/{db['NAME']}"
 
 
-@pytest.fixture
-def celery_worker_process(transactional_db):
-    """A real Celery worker process on the sampling and default queues, against the test database and
-    the real Redis broker. Yields the Popen; stops it afterwards."""
+def start_worker(log_name: str = "worker.log", **extra_env: str):
+    """Start a real Celery worker process (solo pool) on the default and sampling queues, against the test
+    database and the real Redis broker; return the Popen once it answers a ping."""
     import os
     import subprocess
     import sys
@@ -40,28 +39,58 @@ def celery_worker_process(transactional_db):
     from workers.celery_app import app
 
     env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "DJANGO_SETTINGS_MODULE": "config.settings.test",
-           "PYTHONUNBUFFERED": "1"}
-    log = Path(settings.BASE_DIR) / "test-artifacts" / "worker.log"
+           "PYTHONUNBUFFERED": "1", **extra_env}
+    log = Path(settings.BASE_DIR) / "test-artifacts" / log_name
     log.parent.mkdir(exist_ok=True)
+    name = f"test-{os.getpid()}-{time.monotonic_ns()}@%h"
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "default,sampling",
-             "--pool", "solo", "--concurrency", "1", "-n", f"test-{os.getpid()}@%h", "--without-gossip",
-             "--without-mingle", "--loglevel", "INFO"],
+             "--pool", "solo", "--concurrency", "1", "-n", name, "--without-gossip", "--without-mingle",
+             "--loglevel", "INFO"],
             cwd=settings.BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited early:\n{log.read_text()}")
-        if app.control.ping(timeout=0.5):
-            break
-    else:
-        proc.kill()
-        raise RuntimeError(f"worker did not start:\n{log.read_text()}")
+        replies = app.control.ping(timeout=0.5)
+        if any(name.replace("%h", "") in next(iter(r)) for r in replies):
+            return proc
+    proc.kill()
+    raise RuntimeError(f"worker did not start:\n{log.read_text()}")
+
+
+def stop_worker(proc) -> None:
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db):
+    proc = start_worker()
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_worker(proc)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory):
+    """A small Llama-architecture checkpoint (random weights, trained tokenizer) built once per run."""
+    import json
+    from pathlib import Path
+
+    from models_core.tiny_llama import build_tiny_llama
+
+    data = Path(settings.BASE_DIR) / "annotation" / "demo_data" / "mt_bench_questions.jsonl"
+    texts = [turn for line in data.open() for turn in json.loads(line)["turns"]]
+    out = tmp_path_factory.mktemp("tiny-policy")
+    build_tiny_llama(out, texts, vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                     intermediate_size=128, max_position_embeddings=256, seed=0)
+    return out

@@ -88,6 +88,7 @@ def test_a_batch_not_assigned_to_the_annotator_is_not_found():
 def test_tasks_still_generating_are_not_claimed():
     alice = UserFactory()
     batch = BatchFactory(annotators=[alice])
-    services.create_prompt_pool_tasks(batch, ["Write a haiku"], source="test", enqueue=False)
+    services.add_prompts(batch, [{"messages": [{"role": "user", "content": "Write a haiku"}]}], source="test")
+    services.refill_queue(batch.pk, enqueue=False)
     assert ComparisonTask.objects.get().status == ComparisonTask.Status.GENERATING
     assert services.claim_next_task(alice, batch.pk, wait_seconds=0) is None

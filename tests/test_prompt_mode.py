@@ -4,7 +4,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.test import override_settings
 
-from annotation import services
+from annotation import generation, services
 from annotation.models import ComparisonTask, Dialogue, Focus, Response, Turn
 from tests.factories import BatchFactory, UserFactory, make_pairs
 
@@ -47,8 +47,8 @@ def test_a_prompt_becomes_a_generating_task_owned_by_its_author(alice, batch, dj
 
 def test_generation_fills_both_responses_with_two_temperatures_and_is_idempotent(alice, batch):
     task = services.start_prompt_task(alice, batch.pk, "How do rainbows form?")
-    assert services.generate_task_responses(task.pk) is True
-    assert services.generate_task_responses(task.pk) is False, "a redelivered job does nothing"
+    assert generation.sample_pairs(task.pk) == [task.pk]
+    assert generation.sample_pairs(task.pk) == [], "a redelivered job does nothing"
     task.refresh_from_db()
     assert task.status == ComparisonTask.Status.READY
     assert Response.objects.count() == 2
@@ -70,7 +70,7 @@ def test_demo_sampler_is_deterministic_under_a_seed(alice, batch):
 
 def test_the_author_labels_their_prompt_task_then_continues_the_dialogue(alice, batch):
     task = services.start_prompt_task(alice, batch.pk, "Plan a trip to Lisbon")
-    services.generate_task_responses(task.pk)
+    generation.sample_pairs(task.pk)
     comparison = services.submit_comparison(
         alice, task.pk, services.LabelInput(chosen="B", strength="better")
     ).comparison

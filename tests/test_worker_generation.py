@@ -48,7 +48,7 @@ class _BrokenSampler:
 
 @pytest.mark.django_db
 def test_a_failing_generation_is_shown_on_the_task_and_can_be_retried(settings, django_capture_on_commit_callbacks):
-    settings.LADDER_SAMPLER = "tests.test_worker_generation._BrokenSampler"
+    settings.LADDER_DEMO_SAMPLER = "tests.test_worker_generation._BrokenSampler"
     alice = UserFactory()
     batch = BatchFactory(annotators=[alice])
     task = services.start_prompt_task(alice, batch.pk, "Name three rivers")
@@ -60,7 +60,7 @@ def test_a_failing_generation_is_shown_on_the_task_and_can_be_retried(settings, 
     html = client.get(reverse("frontend:task", args=[task.pk]), HTTP_HX_REQUEST="true").content.decode()
     assert "failed" in html and "the sampler exploded" in html and "Try again" in html
     assert task.dialogue.turns.get().content == "Name three rivers", "the prompt is not lost"
-    settings.LADDER_SAMPLER = "models_core.sampling.DeterministicDemoSampler"
+    settings.LADDER_DEMO_SAMPLER = "models_core.sampling.DeterministicDemoSampler"
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.retry_generation(alice, task.pk)
     assert len(callbacks) == 1

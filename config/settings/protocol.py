@@ -3,7 +3,7 @@
 Each value names where it comes from: the paper, or our own choice where the paper is silent.
 """
 
-from config.env import env_float_list, env_int, env_str
+from config.env import env_choice, env_float, env_float_list, env_int, env_str
 
 # Distinct annotators per comparison task. The paper does not say; it appears to be one (§3.2.1).
 LADDER_DEFAULT_OVERLAP = env_int("LADDER_DEFAULT_OVERLAP", 1, minimum=1)
@@ -16,5 +16,30 @@ LADDER_PROMPT_MAX_CHARS = env_int("LADDER_PROMPT_MAX_CHARS", 8000, minimum=1)
 LADDER_NOTE_MAX_CHARS = env_int("LADDER_NOTE_MAX_CHARS", 2000, minimum=0)
 # "varying the temperature hyper-parameter" (§3.2.1); the values are not in the paper.
 LADDER_DEFAULT_TEMPERATURES = env_float_list("LADDER_DEFAULT_TEMPERATURES", [0.7, 1.0])
-# The sampler that produces response pairs for prompt-mode tasks (dotted path to a class).
-LADDER_SAMPLER = env_str("LADDER_SAMPLER", "models_core.sampling.DeterministicDemoSampler")
+# Sampling defaults of a new batch (not in the paper).
+LADDER_DEFAULT_TOP_P = env_float("LADDER_DEFAULT_TOP_P", 0.9, minimum=0.0)
+LADDER_DEFAULT_MAX_NEW_TOKENS = env_int("LADDER_DEFAULT_MAX_NEW_TOKENS", 256, minimum=1)
+# Optional system prompt for sampling (Llama 2 chat format); empty for none.
+LADDER_SYSTEM_PROMPT = env_str("LADDER_SYSTEM_PROMPT", "")
+# A prompt longer than the model's context: "truncate" (from the left, noted on the task) or "refuse".
+LADDER_CONTEXT_OVERFLOW = env_choice("LADDER_CONTEXT_OVERFLOW", "truncate", ["truncate", "refuse"])
+# Samplers: a dotted path to a callable returning a ResponseSampler. LADDER_SAMPLER serves checkpoints
+# with a path (real models, kept loaded by each worker); LADDER_DEMO_SAMPLER serves those without one.
+LADDER_SAMPLER = env_str("LADDER_SAMPLER", "annotation.generation.policy_sampler")
+LADDER_DEMO_SAMPLER = env_str("LADDER_DEMO_SAMPLER", "models_core.sampling.DeterministicDemoSampler")
+# Models a worker keeps loaded at once (one per checkpoint, least recently used evicted).
+LADDER_SAMPLER_MAX_MODELS = env_int("LADDER_SAMPLER_MAX_MODELS", 2, minimum=1)
+# Where and in what precision workers run policies: "auto" is CUDA with bf16 where present, else CPU fp32.
+LADDER_SAMPLER_DEVICE = env_str("LADDER_SAMPLER_DEVICE", "auto")
+LADDER_SAMPLER_DTYPE = env_choice("LADDER_SAMPLER_DTYPE", "auto", ["auto", "float32", "bfloat16", "float16"])
+# How many pending tasks one sampling job takes together (prompts batched across tasks).
+LADDER_SAMPLING_BATCH_SIZE = env_int("LADDER_SAMPLING_BATCH_SIZE", 16, minimum=1)
+# A worker's claim on a task while it samples; a killed worker's tasks are taken up again after this.
+LADDER_SAMPLING_CLAIM_SECONDS = env_int("LADDER_SAMPLING_CLAIM_SECONDS", 600, minimum=1)
+# Attempts after a failed generation before the task is marked failed.
+LADDER_SAMPLING_MAX_RETRIES = env_int("LADDER_SAMPLING_MAX_RETRIES", 3, minimum=0)
+# Queue refill: unlabelled pairs kept ready per open batch with a prompt pool (a batch may override).
+LADDER_QUEUE_MIN_READY = env_int("LADDER_QUEUE_MIN_READY", 20, minimum=0)
+LADDER_QUEUE_REFILL_SECONDS = env_int("LADDER_QUEUE_REFILL_SECONDS", 30, minimum=1)
+# Where bootstrap_policy writes its checkpoint.
+LADDER_CHECKPOINT_DIR = env_str("LADDER_CHECKPOINT_DIR", ".local/checkpoints")

@@ -16,6 +16,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "workers.tasks.generate_task_responses": {"queue": "sampling"},
     "workers.tasks.expire_leases": {"queue": "default"},
+    "workers.tasks.refill_queues": {"queue": "default"},
 }
 # A task taken by a worker that dies is redelivered after this many seconds (Redis visibility timeout).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=30)}
@@ -23,4 +24,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE = {
     "expire-annotation-leases": {"task": "workers.tasks.expire_leases", "schedule": 60.0},
+    "refill-annotation-queues": {
+        "task": "workers.tasks.refill_queues",
+        "schedule": float(env_int("LADDER_QUEUE_REFILL_SECONDS", 30, minimum=1)),
+    },
 }

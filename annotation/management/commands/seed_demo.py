@@ -13,10 +13,9 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from annotation import services
+from annotation import generation, services
 from annotation.models import AnnotationBatch, Focus, PairSampling
 from annotation.transcripts import TranscriptError, split_preference_pair
-from rlhf.models import PolicyCheckpoint
 
 DATA = Path(__file__).resolve().parents[2] / "demo_data"
 
@@ -45,7 +44,7 @@ may be helpful but is *unsafe*.
 
 
 class Command(BaseCommand):
-    help = "Create demo users and two demo batches (idempotent)."
+    help = "Create demo users and two demo batches (idempotent). Pairs come from the current policy."
 
     def add_arguments(self, parser):
         parser.add_argument("--credentials-file", default=".local/demo-credentials.txt")
@@ -56,33 +55,43 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         cred_path = Path(options["credentials_file"])
         credentials = self._users(cred_path)
-        checkpoint, _ = PolicyCheckpoint.objects.get_or_create(
-            name="demo-deterministic-sampler", defaults={"uri": ""}
-        )
         users = {u.username: u for u in get_user_model().objects.filter(username__in=credentials)}
         helpfulness, new_h = AnnotationBatch.objects.get_or_create(
             name="Demo helpfulness, week 1",
             defaults={"focus": Focus.HELPFULNESS, "guidelines": HELPFULNESS_GUIDELINES,
-                      "pair_sampling": PairSampling.TEMPERATURES, "checkpoint_a": checkpoint},
+                      "pair_sampling": PairSampling.TEMPERATURES},
         )
         safety, new_s = AnnotationBatch.objects.get_or_create(
             name="Demo safety, week 1",
             defaults={"focus": Focus.SAFETY, "guidelines": SAFETY_GUIDELINES,
-                      "pair_sampling": PairSampling.TEMPERATURES, "checkpoint_a": checkpoint},
+                      "pair_sampling": PairSampling.TEMPERATURES},
         )
         for batch in (helpfulness, safety):
             batch.annotators.add(users["alice"], users["bob"])
             batch.reviewers.add(users["admin"])
         if new_h:
-            prompts = [json.loads(line) for line in (DATA / "mt_bench_questions.jsonl").open()]
-            tasks = services.create_prompt_pool_tasks(
-                helpfulness, [q["turns"][0] for q in prompts[: options["helpfulness_prompts"]]],
-                source="mt-bench", enqueue=False,
+            questions = [json.loads(line) for line in (DATA / "mt_bench_questions.jsonl").open()]
+            services.add_prompts(
+                helpfulness,
+                [{"messages": [{"role": "user", "content": q["turns"][0]}], "category": q["category"]}
+                 for q in questions],
+                source="mt-bench",
             )
+            helpfulness.min_ready_pairs = options["helpfulness_prompts"]
+            helpfulness.save(update_fields=["min_ready_pairs"])
+            tasks = services.refill_queue(helpfulness.pk, enqueue=False)
+            # Sampled here, with the same code the workers run, so the demo is ready when the page opens.
             for task in tasks:
-                services.generate_task_responses(task.pk)
+                generation.sample_pairs(task.pk)
         if new_s:
-            services.create_queue_pairs(safety, list(self._hh_pairs(options["safety_pairs"])), seed=7)
+            pairs = list(self._hh_pairs(options["safety_pairs"] * 2))
+            services.create_queue_pairs(safety, pairs[: options["safety_pairs"]], seed=7)
+            services.add_prompts(
+                safety,
+                [{"messages": [{"role": "user", "content": p.turns[0][1]}], "is_safety": True}
+                 for p in pairs[options["safety_pairs"]:]],
+                source="anthropic-hh-rlhf-harmless-red-team",
+            )
         self.stdout.write(self.style.SUCCESS("Demo ready. Log in at http://127.0.0.1:8000 with:"))
         for username, password in credentials.items():
             self.stdout.write(f"  {username:6} {password}")

@@ -1,0 +1,261 @@
+"""Sampling response pairs for comparison tasks: the service behind the ``sampling`` Celery queue.
+
+One job claims the task it was sent for plus other pending ones (prompts batched across tasks), samples
+each response slot with the batch's setting (§3.2.1: "two different model variants, and varying the
+temperature"), and stores the responses. It is idempotent by construction:
+
+* a task is claimed with a conditional UPDATE (``status = generating`` and no live claim), so two workers
+  never sample the same task at once; a killed worker's claim lapses after
+  ``LADDER_SAMPLING_CLAIM_SECONDS`` and a redelivered job takes the task up again;
+* responses are unique per (dialogue, turn, slot), and the task turns ready once, under its row lock, so a
+  redelivered job never stores a second response for the same slot.
+
+Sampling itself happens outside any transaction: no row lock is held while a model generates.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from annotation.models import ComparisonTask, Response
+from models_core.generation import PromptTooLong
+from models_core.sampling import SamplingParams
+from rlhf.models import PolicyCheckpoint
+from rlhf.selectors import current_policy
+
+logger = logging.getLogger(__name__)
+
+_CLAIM_SQL = """
+UPDATE annotation_comparisontask SET sampling_claimed_until = %(until)s,
+       generation_attempts = generation_attempts + 1
+WHERE id IN (
+    SELECT id FROM annotation_comparisontask
+    WHERE status = 'generating' AND (sampling_claimed_until IS NULL OR sampling_claimed_until < %(now)s)
+      AND (id = %(task)s OR %(others)s)
+    ORDER BY (id = %(task)s) DESC, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
+
+
+class TaskBusy(Exception):
+    """The task is being sampled by another worker right now; try again after its claim lapses."""
+
+    def __init__(self, task_id: int, seconds: float):
+        super().__init__(f"Task {task_id} is claimed by another worker for {seconds:.0f} more seconds.")
+        self.seconds = seconds
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    task_id: int
+    slot: str
+    checkpoint: PolicyCheckpoint | None
+    messages: tuple
+    params: SamplingParams
+
+
+def claim_tasks(task_id: int, *, batch_size: int | None = None) -> list[int]:
+    """Claim ``task_id`` and up to ``batch_size - 1`` other pending tasks; return the ids claimed."""
+    now = timezone.now()
+    limit = batch_size or settings.LADDER_SAMPLING_BATCH_SIZE
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, {
+            "until": now + timedelta(seconds=settings.LADDER_SAMPLING_CLAIM_SECONDS), "now": now,
+            "task": task_id, "others": limit > 1, "limit": limit,
+        })
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def _pair_checkpoints(task: ComparisonTask) -> tuple[PolicyCheckpoint | None, PolicyCheckpoint | None]:
+    """The two models of a pair: the batch's, or else the current policy and its predecessor (§3.4.1:
+    after each round both the new and the previous model sample)."""
+    batch = task.batch
+    first = batch.checkpoint_a or current_policy()
+    second = batch.checkpoint_b or (first.parent if first and first.parent_id else None) or first
+    return first, second
+
+
+def plan_slots(task: ComparisonTask) -> list[SlotPlan]:
+    batch = task.batch
+    rng = random.Random(task.pk)
+    temps = sorted(set(batch.temperatures or settings.LADDER_DEFAULT_TEMPERATURES))
+    vary_temperature = batch.pair_sampling in ("temperatures", "both") and len(temps) >= 2
+    t_a, t_b = rng.sample(temps, 2) if vary_temperature else (temps[0], temps[0])
+    ckpt_a, ckpt_b = _pair_checkpoints(task)
+    if batch.pair_sampling == "temperatures":
+        ckpt_b = ckpt_a
+    messages = tuple(
+        (t.role, t.content) for t in task.dialogue.turns.order_by("index")[: task.turn_index]
+    )
+    return [
+        SlotPlan(task.pk, slot, ckpt, messages,
+                 SamplingParams(temperature=temp, top_p=batch.top_p, max_new_tokens=batch.max_new_tokens,
+                                seed=task.pk * 2 + i))
+        for i, (slot, ckpt, temp) in enumerate((("A", ckpt_a, t_a), ("B", ckpt_b, t_b)))
+    ]
+
+
+_policy_sampler = None
+
+
+def policy_sampler():
+    """This process's sampler for real checkpoints: it keeps up to LADDER_SAMPLER_MAX_MODELS policies
+    loaded, so a worker loads each checkpoint once rather than per task."""
+    global _policy_sampler
+    if _policy_sampler is None:
+        from models_core.generation import HFPolicySampler
+
+        _policy_sampler = HFPolicySampler(max_models=settings.LADDER_SAMPLER_MAX_MODELS,
+                                          dtype=settings.LADDER_SAMPLER_DTYPE, device=settings.LADDER_SAMPLER_DEVICE)
+    return _policy_sampler
+
+
+def _sampler(checkpoint: PolicyCheckpoint | None):
+    path = checkpoint.path if checkpoint else ""
+    factory = settings.LADDER_SAMPLER if path else settings.LADDER_DEMO_SAMPLER
+    return import_string(factory)(), path or None
+
+
+def _sample(plans: list[SlotPlan]) -> tuple[dict[tuple[int, str], object], dict[int, str], str]:
+    """Run the samplers; prompts that share a model and sampling parameters go through in one batch.
+
+    Returns results per (task, slot), refusals per task, and the generator name per slot group."""
+    groups: dict[tuple, list[SlotPlan]] = defaultdict(list)
+    for plan in plans:
+        p = plan.params
+        key = (plan.checkpoint.pk if plan.checkpoint else None, p.temperature, p.top_p, p.max_new_tokens)
+        groups[key].append(plan)
+    results: dict[tuple[int, str], object] = {}
+    refused: dict[int, str] = {}
+    names: dict[tuple[int, str], str] = {}
+    overflow = settings.LADDER_CONTEXT_OVERFLOW
+    system_prompt = settings.LADDER_SYSTEM_PROMPT or None
+    for group in groups.values():
+        sampler, path = _sampler(group[0].checkpoint)
+        # One seed per group: batched sampling draws from one generator; the seed is stored per response.
+        params = SamplingParams(**{**group[0].params.__dict__, "seed": min(p.params.seed for p in group)})
+        dialogues = [[{"role": r, "content": c} for r, c in plan.messages] for plan in group]
+        if hasattr(sampler, "sample_many"):
+            try:
+                outputs = sampler.sample_many(dialogues, params, path, overflow=overflow, system_prompt=system_prompt)
+            except PromptTooLong:
+                outputs = []
+                for plan, dialogue in zip(group, dialogues, strict=True):
+                    try:
+                        outputs.extend(sampler.sample_many([dialogue], params, path, overflow=overflow,
+                                                           system_prompt=system_prompt))
+                    except PromptTooLong as exc:
+                        refused[plan.task_id] = str(exc)
+                        outputs.append(None)
+        else:
+            outputs = [sampler.sample(d, [params], path)[0] for d in dialogues]
+        for plan, output in zip(group, outputs, strict=True):
+            if output is not None:
+                results[(plan.task_id, plan.slot)] = (output, params)
+                names[(plan.task_id, plan.slot)] = sampler.name
+    return results, refused, names
+
+
+def sample_pairs(task_id: int) -> list[int]:
+    """Claim ``task_id`` (and other pending tasks), sample their pairs and store them.
+
+    Returns the ids of tasks made ready. Raises ``TaskBusy`` when another worker holds the task."""
+    claimed = claim_tasks(task_id)
+    if task_id not in claimed:
+        task = ComparisonTask.objects.filter(pk=task_id).values("status", "sampling_claimed_until").first()
+        if task and task["status"] == ComparisonTask.Status.GENERATING and task["sampling_claimed_until"]:
+            remaining = (task["sampling_claimed_until"] - timezone.now()).total_seconds()
+            if remaining > 0:
+                raise TaskBusy(task_id, remaining)
+    if not claimed:
+        return []
+    tasks = list(
+        ComparisonTask.objects.filter(pk__in=claimed)
+        .select_related("batch", "batch__checkpoint_a", "batch__checkpoint_b", "dialogue")
+    )
+    plans = [plan for task in tasks for plan in plan_slots(task)]
+    try:
+        results, refused, names = _sample(plans)
+    except Exception:
+        release_claims(claimed)
+        raise
+    ready = []
+    for task in tasks:
+        if task.pk in refused:
+            fail_tasks([task.pk], f"Prompt refused: {refused[task.pk]}")
+            continue
+        if store_pair(task.pk, results, names):
+            ready.append(task.pk)
+    return ready
+
+
+def store_pair(task_id: int, results: dict, names: dict) -> bool:
+    """Store both responses of a task and make it ready, once."""
+    with transaction.atomic():
+        task = (
+            ComparisonTask.objects.select_for_update(of=("self",)).select_related("batch")
+            .filter(pk=task_id, status=ComparisonTask.Status.GENERATING).first()
+        )
+        if task is None:
+            return False
+        plans = {p.slot: p for p in plan_slots(task)}
+        responses = {}
+        notes = []
+        for slot in "AB":
+            output, params = results[(task_id, slot)]
+            response, _ = Response.objects.get_or_create(
+                dialogue_id=task.dialogue_id, turn_index=task.turn_index, slot=slot,
+                defaults={
+                    # Model output is untrusted bytes: PostgreSQL text cannot hold NUL.
+                    "text": output.text.replace("\x00", "\ufffd"),
+                    "checkpoint": plans[slot].checkpoint, "generator": names[(task_id, slot)],
+                    "temperature": params.temperature, "top_p": params.top_p,
+                    "max_new_tokens": params.max_new_tokens, "seed": params.seed,
+                    "prompt_tokens": output.prompt_tokens, "completion_tokens": output.completion_tokens,
+                },
+            )
+            responses[slot] = response
+            truncated_from = getattr(output, "truncated_from", None)
+            if truncated_from:
+                notes.append(
+                    f"The dialogue was {truncated_from} tokens, longer than the model's context allows; "
+                    f"its first {truncated_from - output.prompt_tokens} tokens were cut for sampling."
+                )
+        task.response_a, task.response_b = responses["A"], responses["B"]
+        task.status = ComparisonTask.Status.READY
+        task.error = ""
+        task.note = notes[0] if notes else ""
+        task.sampling_claimed_until = None
+        task.save(update_fields=["response_a", "response_b", "status", "error", "note", "sampling_claimed_until"])
+        return True
+
+
+def release_claims(task_ids: list[int]) -> None:
+    ComparisonTask.objects.filter(pk__in=task_ids, status=ComparisonTask.Status.GENERATING).update(
+        sampling_claimed_until=None
+    )
+
+
+def record_failure(task_id: int, error: str, *, final: bool) -> None:
+    """Show the error on the task; after the last retry the task is marked failed (the prompt stays)."""
+    update = {"error": error[:2000], "sampling_claimed_until": None}
+    if final:
+        update["status"] = ComparisonTask.Status.FAILED
+    ComparisonTask.objects.filter(pk=task_id, status=ComparisonTask.Status.GENERATING).update(**update)
+
+
+def fail_tasks(task_ids: list[int], error: str) -> None:
+    for task_id in task_ids:
+        record_failure(task_id, error, final=True)

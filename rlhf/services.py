@@ -1,0 +1,65 @@
+"""Writes to the checkpoint registry. A path is validated when it is registered (it must load), never
+first at sampling time."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from models_core.loading import CheckpointError, validate_checkpoint
+from rlhf.models import PolicyCheckpoint
+
+
+def check_checkpoint_path(path: str) -> dict:
+    """Summary of a loadable checkpoint, or a ``ValidationError`` that says what is wrong with it."""
+    try:
+        summary = validate_checkpoint(path)
+    except CheckpointError as exc:
+        raise ValidationError({"path": str(exc)}) from exc
+    return {
+        "architecture": summary.architecture,
+        "parameters": summary.parameters,
+        "context_length": summary.context_length,
+        "vocab_size": summary.vocab_size,
+        "has_chat_template": summary.has_chat_template,
+    }
+
+
+def register_checkpoint(
+    *,
+    name: str,
+    path: str,
+    role: str = PolicyCheckpoint.Role.POLICY,
+    parent: PolicyCheckpoint | None = None,
+    round: int | None = None,
+    base_model: str = "",
+    metrics: dict | None = None,
+    make_current: bool = False,
+) -> PolicyCheckpoint:
+    if role not in PolicyCheckpoint.Role.values:
+        raise ValidationError({"role": f"Unknown role {role!r}."})
+    summary = check_checkpoint_path(path) if path else {}
+    with transaction.atomic():
+        if PolicyCheckpoint.objects.filter(name=name).exists():
+            raise ValidationError({"name": f"A checkpoint named {name!r} is already registered."})
+        checkpoint = PolicyCheckpoint.objects.create(
+            name=name, path=path, role=role, parent=parent, round=round, base_model=base_model,
+            metrics={**summary, **(metrics or {})},
+        )
+        if make_current:
+            set_current(checkpoint.pk)
+            checkpoint.refresh_from_db()
+        return checkpoint
+
+
+def set_current(checkpoint_id: int) -> PolicyCheckpoint:
+    """Make this checkpoint the current one of its role (the current policy samples new pairs)."""
+    with transaction.atomic():
+        checkpoint = PolicyCheckpoint.objects.select_for_update().get(pk=checkpoint_id)
+        PolicyCheckpoint.objects.filter(role=checkpoint.role, is_current=True).exclude(pk=checkpoint.pk).update(
+            is_current=False
+        )
+        if not checkpoint.is_current:
+            checkpoint.is_current = True
+            checkpoint.save(update_fields=["is_current"])
+        return checkpoint
