@@ -191,55 +191,63 @@ def sample_pairs(task_id: int) -> list[int]:
     except Exception:
         release_claims(claimed)
         raise
-    ready = []
-    for task in tasks:
-        if task.pk in refused:
-            fail_tasks([task.pk], f"Prompt refused: {refused[task.pk]}")
-            continue
-        if store_pair(task.pk, results, names):
-            ready.append(task.pk)
-    return ready
+    for task_id, reason in refused.items():
+        fail_tasks([task_id], f"Prompt refused: {reason}")
+    return store_pairs([p for p in plans if p.task_id not in refused], results, names)
 
 
-def store_pair(task_id: int, results: dict, names: dict) -> bool:
-    """Store both responses of a task and make it ready, once."""
+def store_pairs(plans: list[SlotPlan], results: dict, names: dict) -> list[int]:
+    """Store both responses of each planned task and make it ready, once; return the ids made ready.
+
+    One transaction for the whole batch: the task rows are locked, responses inserted with
+    ON CONFLICT DO NOTHING on the (dialogue, turn, slot) constraint, and tasks still generating turn ready."""
+    by_task: dict[int, dict[str, SlotPlan]] = defaultdict(dict)
+    for plan in plans:
+        by_task[plan.task_id][plan.slot] = plan
     with transaction.atomic():
-        task = (
-            ComparisonTask.objects.select_for_update(of=("self",)).select_related("batch")
-            .filter(pk=task_id, status=ComparisonTask.Status.GENERATING).first()
-        )
-        if task is None:
-            return False
-        plans = {p.slot: p for p in plan_slots(task)}
-        responses = {}
-        notes = []
-        for slot in "AB":
-            output, params = results[(task_id, slot)]
-            response, _ = Response.objects.get_or_create(
-                dialogue_id=task.dialogue_id, turn_index=task.turn_index, slot=slot,
-                defaults={
+        tasks = {
+            t.pk: t for t in ComparisonTask.objects.select_for_update()
+            .filter(pk__in=list(by_task), status=ComparisonTask.Status.GENERATING)
+        }
+        rows = []
+        for task in tasks.values():
+            for slot, plan in by_task[task.pk].items():
+                output, params = results[(task.pk, slot)]
+                rows.append(Response(
+                    dialogue_id=task.dialogue_id, turn_index=task.turn_index, slot=slot,
                     # Model output is untrusted bytes: PostgreSQL text cannot hold NUL.
-                    "text": output.text.replace("\x00", "\ufffd"),
-                    "checkpoint": plans[slot].checkpoint, "generator": names[(task_id, slot)],
-                    "temperature": params.temperature, "top_p": params.top_p,
-                    "max_new_tokens": params.max_new_tokens, "seed": params.seed,
-                    "prompt_tokens": output.prompt_tokens, "completion_tokens": output.completion_tokens,
-                },
+                    text=output.text.replace("\x00", "\ufffd"), checkpoint=plan.checkpoint,
+                    generator=names[(task.pk, slot)], temperature=params.temperature, top_p=params.top_p,
+                    max_new_tokens=params.max_new_tokens, seed=params.seed, prompt_tokens=output.prompt_tokens,
+                    completion_tokens=output.completion_tokens,
+                ))
+        Response.objects.bulk_create(rows, ignore_conflicts=True)
+        stored = {
+            (r.dialogue_id, r.turn_index, r.slot): r
+            for r in Response.objects.filter(dialogue_id__in=[t.dialogue_id for t in tasks.values()])
+        }
+        for task in tasks.values():
+            task.response_a = stored[(task.dialogue_id, task.turn_index, "A")]
+            task.response_b = stored[(task.dialogue_id, task.turn_index, "B")]
+            task.status = ComparisonTask.Status.READY
+            task.error = ""
+            task.sampling_claimed_until = None
+            task.note = _truncation_note([results[(task.pk, slot)][0] for slot in "AB"])
+        ComparisonTask.objects.bulk_update(
+            tasks.values(), ["response_a", "response_b", "status", "error", "sampling_claimed_until", "note"]
+        )
+        return sorted(tasks)
+
+
+def _truncation_note(outputs) -> str:
+    for output in outputs:
+        truncated_from = getattr(output, "truncated_from", None)
+        if truncated_from:
+            return (
+                f"The dialogue was {truncated_from} tokens, longer than the model's context allows; "
+                f"its first {truncated_from - output.prompt_tokens} tokens were cut for sampling."
             )
-            responses[slot] = response
-            truncated_from = getattr(output, "truncated_from", None)
-            if truncated_from:
-                notes.append(
-                    f"The dialogue was {truncated_from} tokens, longer than the model's context allows; "
-                    f"its first {truncated_from - output.prompt_tokens} tokens were cut for sampling."
-                )
-        task.response_a, task.response_b = responses["A"], responses["B"]
-        task.status = ComparisonTask.Status.READY
-        task.error = ""
-        task.note = notes[0] if notes else ""
-        task.sampling_claimed_until = None
-        task.save(update_fields=["response_a", "response_b", "status", "error", "note", "sampling_claimed_until"])
-        return True
+    return ""
 
 
 def release_claims(task_ids: list[int]) -> None:

@@ -7,6 +7,7 @@ When ``DATABASE_URL`` and ``REDIS_URL`` are set, those servers are used as they 
   platform on http://127.0.0.1:8000 together with a Celery worker and beat.
 * ``test`` starts throwaway servers in a temporary folder, runs ruff, import-linter and pytest, and
   removes them afterwards.
+* ``bench`` does the same around the benchmarks in bench/ (all of them, or ``--only sampling``).
 
 This is a CLI used by the Makefile; it imports no Django.
 """
@@ -164,8 +165,23 @@ def test(pytest_args: list[str]) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bench(args: list[str]) -> int:
-    """Run every benchmark in bench/ (each prints its ratio against a baseline measured in the same run)."""
+def bench_scripts(only: list[str] | None = None) -> list[Path]:
+    """The benchmark scripts to run: every bench/*.py, or those named in ``only`` (``sampling`` or
+    ``sampling.py``), in the order given. Files starting with ``_`` are helpers, not benchmarks."""
+    scripts = sorted(script for script in (ROOT / "bench").glob("*.py") if not script.name.startswith("_"))
+    if not only:
+        return scripts
+    by_name = {script.stem: script for script in scripts}
+    unknown = [name for name in only if name.removesuffix(".py") not in by_name]
+    if unknown:
+        raise SystemExit(f"no benchmark {', '.join(unknown)} in bench/; there are: {', '.join(sorted(by_name))}")
+    return [by_name[name.removesuffix(".py")] for name in only]
+
+
+def bench(args: list[str], only: list[str] | None = None) -> int:
+    """Run every benchmark in bench/, or only the named ones (each prints its ratio against a baseline
+    measured in the same run)."""
+    scripts = bench_scripts(only)
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
     tmp = Path(tempfile.mkdtemp(prefix="ladder-bench-"))
     started_pg = not os.environ.get("DATABASE_URL")
@@ -173,7 +189,7 @@ def bench(args: list[str]) -> int:
     try:
         ensure_services(tmp)
         code = 0
-        for script in sorted((ROOT / "bench").glob("*.py")):
+        for script in scripts:
             print(f"$ python bench/{script.name} {' '.join(args)}", flush=True)
             code = subprocess.run([PY, str(script), *args], cwd=ROOT).returncode or code
         return code
@@ -191,14 +207,17 @@ def main() -> int:
     run_parser = sub.add_parser("run", help="serve the platform with its worker")
     run_parser.add_argument("--port", type=int, default=8000)
     sub.add_parser("test", help="ruff, import-linter and the whole pytest suite; other arguments go to pytest")
-    sub.add_parser("bench", help="every benchmark in bench/; other arguments go to each")
+    bench_parser = sub.add_parser("bench", allow_abbrev=False,
+                                  help="every benchmark in bench/ (or --only NAME); other arguments go to each")
+    bench_parser.add_argument("--only", action="append", metavar="NAME",
+                              help="run only bench/NAME.py (repeatable); the default runs them all")
     args, rest = parser.parse_known_args()
     if args.command == "run":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return run(args.port)
     if args.command == "bench":
-        return bench(rest)
+        return bench(rest, args.only)
     return test(rest)
 
 

@@ -208,3 +208,17 @@ def test_a_worker_killed_mid_task_loses_and_duplicates_nothing(tiny_policy_dir):
         stop_worker(second)
     assert Response.objects.filter(dialogue=task.dialogue).count() == 2
     assert sorted(Response.objects.values_list("slot", flat=True)) == ["A", "B"]
+
+
+@pytest.mark.django_db
+def test_the_page_shows_the_truncation_note_and_a_retrying_error(alice, policy, client):
+    batch = BatchFactory(annotators=[alice], max_new_tokens=16)
+    long = services.start_prompt_task(alice, batch.pk, LONG_PROMPT)
+    generation.sample_pairs(long.pk)
+    client.force_login(alice)
+    html = client.get(reverse("frontend:task", args=[long.pk])).content.decode()
+    assert "were cut for sampling" in html
+    waiting = services.start_prompt_task(alice, batch.pk, "Another")
+    generation.record_failure(waiting.pk, "Attempt 1 of 4 failed (OSError: disk); retrying.", final=False)
+    html = client.get(reverse("frontend:task", args=[waiting.pk])).content.decode()
+    assert "Generating two responses" in html and "Attempt 1 of 4 failed" in html
