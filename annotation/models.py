@@ -166,13 +166,25 @@ class Prompt(models.Model):
     is_safety = models.BooleanField(default=False)
     risk_category = models.CharField(max_length=30, choices=RiskCategory.choices, blank=True)
     source = models.CharField(max_length=100, default="manual")
+    content_hash = models.CharField(max_length=64, help_text="Hash of the messages: re-imports add nothing.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "content_hash"], name="prompt_unique_content_per_batch")
+        ]
 
     def __str__(self) -> str:
         return (self.messages[-1]["content"] if self.messages else "")[:60]
+
+    @staticmethod
+    def hash_messages(messages: list[dict]) -> str:
+        import hashlib
+        import json
+
+        canonical = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class Dialogue(models.Model):
@@ -348,9 +360,21 @@ class Comparison(models.Model):
         B = "B", "Response B"
 
     task = models.ForeignKey(ComparisonTask, on_delete=models.CASCADE, related_name="comparisons")
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="comparisons")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="comparisons",
+        help_text="Empty for imported (open-source) comparisons.",
+    )
+    source = models.CharField(
+        max_length=100, default="ladder", help_text="'ladder' for labels made here, else the import's source name."
+    )
+    import_hash = models.CharField(
+        max_length=64, null=True, blank=True, unique=True, help_text="Content hash of an imported row."
+    )
     chosen = models.CharField(max_length=1, choices=Choice.choices)
-    strength = models.CharField(max_length=20, choices=PreferenceStrength.choices)
+    strength = models.CharField(
+        max_length=20, choices=PreferenceStrength.choices, blank=True,
+        help_text="Empty only for imported data that carries no strength.",
+    )
     response_a_safe = models.BooleanField(null=True, blank=True)
     response_b_safe = models.BooleanField(null=True, blank=True)
     safety_category = models.CharField(max_length=12, choices=SafetyCategory.choices, blank=True)
@@ -363,9 +387,18 @@ class Comparison(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            models.UniqueConstraint(fields=["task", "annotator"], name="comparison_one_per_task_and_annotator")
+            models.UniqueConstraint(fields=["task", "annotator"], name="comparison_one_per_task_and_annotator"),
+            models.CheckConstraint(
+                condition=Q(annotator__isnull=False, source="ladder")
+                | (Q(annotator__isnull=True) & ~Q(source="ladder")),
+                name="comparison_labelled_here_or_imported",
+            ),
         ]
-        indexes = [models.Index(fields=["created_at"])]
+        indexes = [models.Index(fields=["created_at"]), models.Index(fields=["source"])]
+        permissions = [
+            ("import_data", "Can import prompts and preference data"),
+            ("export_preferences", "Can export preference datasets"),
+        ]
 
     def __str__(self) -> str:
         return f"Comparison {self.pk}: {self.chosen} {self.strength}"

@@ -424,9 +424,11 @@ def add_prompts(batch: AnnotationBatch, prompts: list[dict], *, source: str) -> 
             _validate_prompt(m.get("content", ""))
         rows.append(Prompt(batch=batch, messages=messages, category=item.get("category", ""),
                            is_safety=item.get("is_safety", batch.is_safety),
-                           risk_category=item.get("risk_category", ""), source=source))
+                           risk_category=item.get("risk_category", ""), source=source,
+                           content_hash=Prompt.hash_messages(messages)))
     with transaction.atomic():
-        return Prompt.objects.bulk_create(rows)
+        # A prompt already in the pool (same messages) is skipped, so re-adding a file adds nothing.
+        return Prompt.objects.bulk_create(rows, ignore_conflicts=True)
 
 
 def _enqueue_generation(task_ids: list[int]) -> None:
