@@ -1,7 +1,31 @@
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
 
 from api import views
 
+router = SimpleRouter()
+router.register("batches", views.BatchViewSet, basename="batch")
+router.register("dialogues", views.DialogueViewSet, basename="dialogue")
+router.register("prompts", views.PromptViewSet, basename="prompt")
+router.register("responses", views.ResponseViewSet, basename="response")
+router.register("comparisons", views.ComparisonViewSet, basename="comparison")
+router.register("checkpoints", views.CheckpointViewSet, basename="checkpoint")
+
+v1 = [
+    path("health/", views.health, name="api-health"),
+    path("batches/<int:batch_id>/next-task/", views.next_task, name="api-next-task"),
+    path("batches/<int:batch_id>/prompts/", views.write_prompt, name="api-write-prompt"),
+    path("tasks/<int:task_id>/", views.task_detail, name="api-task"),
+    path("tasks/<int:task_id>/comparison/", views.submit_comparison, name="api-submit"),
+    path("imports/prompts/", views.import_prompts, name="api-import-prompts"),
+    path("imports/preferences/", views.import_preferences, name="api-import-preferences"),
+    path("preferences/export/", views.export_preferences, name="api-export"),
+    path("", include(router.urls)),
+]
+
 urlpatterns = [
-    path("v1/health/", views.health, name="api-health"),
+    path("v1/", include(v1)),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -1,13 +1,50 @@
+"""REST API views: parse, call a service, serialise. No domain logic here."""
+
+from __future__ import annotations
+
+import dataclasses
+
 from django.db import connection
-from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers
-from rest_framework.decorators import api_view, permission_classes
-from rest_framework.permissions import AllowAny
+from django.db.models import Q
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import api_view, parser_classes, permission_classes
+from rest_framework.parsers import FileUploadParser, JSONParser, MultiPartParser
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from annotation import imports, selectors, services
+from annotation.models import AnnotationBatch, Comparison, Dialogue, Focus, Prompt
+from annotation.models import Response as ModelResponse
+from api import filters
+from api.errors import error_response
+from api.permissions import CanExport, CanImport, IsReviewerOrStaff
+from api.serializers import (
+    BatchSerializer,
+    CheckpointSerializer,
+    ComparisonInputSerializer,
+    ComparisonSerializer,
+    DialogueSerializer,
+    ImportResultSerializer,
+    PromptInputSerializer,
+    PromptSerializer,
+    ResponseSerializer,
+    TaskSerializer,
+)
+from rlhf import exports
+from rlhf.models import PolicyCheckpoint
 
-@extend_schema(responses=inline_serializer("Health", {"status": serializers.CharField()}))
+ERROR = inline_serializer("Error", {"error": inline_serializer("ErrorBody", {
+    "status": serializers.IntegerField(), "code": serializers.CharField(), "detail": serializers.CharField(),
+    "fields": serializers.DictField(child=serializers.ListField(child=serializers.CharField())),
+})})
+
+
+@extend_schema(responses=inline_serializer("Health", {"status": serializers.CharField()}), tags=["health"])
 @api_view(["GET"])
 @permission_classes([AllowAny])
 def health(request: Request) -> Response:
@@ -15,3 +52,256 @@ def health(request: Request) -> Response:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return Response({"status": "ok"})
+
+
+# --- annotation -----------------------------------------------------------------------------------------
+
+@extend_schema(request=None, tags=["annotation"],
+               responses={200: TaskSerializer, 204: OpenApiResponse(description="Nothing left to label."),
+                          404: ERROR})
+@api_view(["POST"])
+@permission_classes([IsAuthenticated])
+def next_task(request: Request, batch_id: int) -> Response:
+    """Lease the next pair of the batch to the caller (or resume the caller's live lease)."""
+    lease = services.claim_next_task(request.user, batch_id)
+    if lease is None:
+        return Response(status=status.HTTP_204_NO_CONTENT)
+    task = selectors.get_task_for_annotator(request.user, lease.task_id)
+    return Response(TaskSerializer(task, context={"lease": lease}).data)
+
+
+@extend_schema(tags=["annotation"], responses={200: TaskSerializer, 404: ERROR})
+@api_view(["GET"])
+@permission_classes([IsAuthenticated])
+def task_detail(request: Request, task_id: int) -> Response:
+    """One of the caller's tasks (poll it while a prompt-mode pair is generating)."""
+    task = selectors.get_task_for_annotator(request.user, task_id)
+    return Response(TaskSerializer(task, context={"lease": selectors.current_assignment(request.user, task)}).data)
+
+
+@extend_schema(request=ComparisonInputSerializer, tags=["annotation"],
+               responses={201: ComparisonSerializer, 200: ComparisonSerializer, 400: ERROR, 404: ERROR, 409: ERROR})
+@api_view(["POST"])
+@permission_classes([IsAuthenticated])
+def submit_comparison(request: Request, task_id: int) -> Response:
+    """Label a task: 201 with the comparison, or 200 with the same comparison when replayed."""
+    body = ComparisonInputSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    data = body.validated_data
+    result = services.submit_comparison(
+        request.user, task_id,
+        services.LabelInput(chosen=data["chosen"], strength=data["strength"],
+                            response_a_safe=data["response_a_safe"], response_b_safe=data["response_b_safe"],
+                            note=data["note"]),
+        idempotency_key=data["idempotency_key"],
+    )
+    return Response(ComparisonSerializer(result.comparison).data,
+                    status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+
+@extend_schema(request=PromptInputSerializer, tags=["annotation"],
+               responses={202: TaskSerializer, 400: ERROR, 404: ERROR})
+@api_view(["POST"])
+@permission_classes([IsAuthenticated])
+def write_prompt(request: Request, batch_id: int) -> Response:
+    """Prompt mode: the pair is sampled by the workers; poll the task until its status is ready."""
+    body = PromptInputSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    task = services.start_prompt_task(request.user, batch_id, **body.validated_data)
+    return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
+
+
+# --- resources ------------------------------------------------------------------------------------------
+
+class ScopedViewSet(viewsets.ReadOnlyModelViewSet):
+    """Read-only resources scoped to the caller; ``scoped(user)`` returns what that user may read."""
+
+    model = None
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no user
+            return self.model.objects.none()
+        return self.scoped(self.request.user)
+
+
+def _reviewable_batches(user):
+    return AnnotationBatch.objects.all() if user.is_staff else AnnotationBatch.objects.filter(reviewers=user)
+
+
+@extend_schema(tags=["resources"])
+class BatchViewSet(ScopedViewSet):
+    """Batches: annotators see those assigned to them, reviewers those they review, staff all."""
+
+    model = AnnotationBatch
+    serializer_class = BatchSerializer
+    filterset_class = None
+
+    def scoped(self, user):
+        if user.is_staff:
+            return AnnotationBatch.objects.all()
+        return AnnotationBatch.objects.filter(Q(annotators=user) | Q(reviewers=user)).distinct()
+
+
+@extend_schema(tags=["resources"])
+class DialogueViewSet(ScopedViewSet):
+    model = Dialogue
+    serializer_class = DialogueSerializer
+    permission_classes = [IsReviewerOrStaff]
+    filterset_class = filters.DialogueFilter
+
+    def scoped(self, user):
+        return Dialogue.objects.filter(batch__in=_reviewable_batches(user)).prefetch_related("turns")
+
+
+@extend_schema(tags=["resources"])
+class PromptViewSet(ScopedViewSet):
+    model = Prompt
+    serializer_class = PromptSerializer
+    permission_classes = [IsReviewerOrStaff]
+    filterset_class = filters.PromptFilter
+
+    def scoped(self, user):
+        return Prompt.objects.filter(batch__in=_reviewable_batches(user))
+
+
+@extend_schema(tags=["resources"])
+class ResponseViewSet(ScopedViewSet):
+    model = ModelResponse
+    serializer_class = ResponseSerializer
+    permission_classes = [IsReviewerOrStaff]
+    filterset_class = filters.ResponseFilter
+
+    def scoped(self, user):
+        return ModelResponse.objects.filter(
+            dialogue__batch__in=_reviewable_batches(user)
+        ).select_related("checkpoint")
+
+
+@extend_schema(tags=["resources"])
+class ComparisonViewSet(ScopedViewSet):
+    """Labels: annotators see their own, reviewers those of their batches, staff all."""
+
+    model = Comparison
+    serializer_class = ComparisonSerializer
+    filterset_class = filters.ComparisonFilter
+
+    def scoped(self, user):
+        qs = Comparison.objects.select_related("annotator", "task")
+        if user.is_staff:
+            return qs
+        return qs.filter(Q(annotator=user) | Q(task__batch__reviewers=user)).distinct()
+
+
+@extend_schema(tags=["resources"])
+class CheckpointViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = CheckpointSerializer
+    permission_classes = [IsReviewerOrStaff]
+    filterset_class = None
+    queryset = PolicyCheckpoint.objects.select_related("parent")
+
+
+# --- imports and exports --------------------------------------------------------------------------------
+
+def _upload(request: Request):
+    """The uploaded file (multipart field ``file``) or the raw request body, as a binary stream."""
+    if request.content_type.startswith("multipart/"):
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise serializers.ValidationError({"file": ["Send the data as the multipart field 'file'."]})
+        return upload
+    return request._request  # Django's request reads the body as a stream; nothing is held in memory
+
+
+IMPORT_BODY = {"multipart/form-data": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}},
+               "application/octet-stream": {"type": "string", "format": "binary"}}
+
+
+@extend_schema(
+    tags=["imports"], request=IMPORT_BODY,
+    parameters=[OpenApiParameter("batch", int, required=True),
+                OpenApiParameter("format", str, enum=["jsonl", "csv"], required=True),
+                OpenApiParameter("source", str)],
+    responses={201: ImportResultSerializer, 400: ERROR, 404: ERROR},
+)
+@api_view(["POST"])
+@permission_classes([CanImport])
+@parser_classes([MultiPartParser, FileUploadParser, JSONParser])
+def import_prompts(request: Request) -> Response:
+    """Add prompts to a batch's pool from JSONL or CSV; all or nothing; re-imports add nothing."""
+    params = _known_params(request, {"batch", "format", "source"})
+    fmt = params.get("format")
+    if fmt not in ("jsonl", "csv"):
+        return error_response(400, "invalid", "format must be jsonl or csv.")
+    try:
+        batch_id = int(params.get("batch", ""))
+    except ValueError:
+        return error_response(400, "invalid", "batch must be a batch id.")
+    batch = get_object_or_404(AnnotationBatch, pk=batch_id)
+    result = imports.import_prompts(_upload(request), batch=batch, fmt=fmt, source=params.get("source") or "import")
+    return Response(ImportResultSerializer(result).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(
+    tags=["imports"], request=IMPORT_BODY,
+    parameters=[OpenApiParameter("format", str, enum=["hh-rlhf", "trl"], required=True),
+                OpenApiParameter("source", str, required=True),
+                OpenApiParameter("batch", int), OpenApiParameter("focus", str, enum=list(Focus.values))],
+    responses={201: ImportResultSerializer, 400: ERROR, 404: ERROR},
+)
+@api_view(["POST"])
+@permission_classes([CanImport])
+@parser_classes([MultiPartParser, FileUploadParser, JSONParser])
+def import_preferences(request: Request) -> Response:
+    """Import open-source preference pairs (Anthropic HH-RLHF transcripts or TRL rows) under a source name."""
+    params = _known_params(request, {"batch", "format", "source", "focus"})
+    fmt, source, focus = params.get("format"), (params.get("source") or "").strip(), params.get("focus") or None
+    if fmt not in ("hh-rlhf", "trl"):
+        return error_response(400, "invalid", "format must be hh-rlhf or trl.")
+    if not source or source == "ladder":
+        return error_response(400, "invalid", "source names the dataset (and may not be 'ladder').")
+    if focus is not None and focus not in Focus.values:
+        return error_response(400, "invalid", f"focus must be one of {', '.join(Focus.values)}.")
+    batch = None
+    if params.get("batch"):
+        try:
+            batch = get_object_or_404(AnnotationBatch, pk=int(params["batch"]))
+        except ValueError:
+            return error_response(400, "invalid", "batch must be a batch id.")
+    result = imports.import_preferences(_upload(request), fmt=fmt, source=source, batch=batch, focus=focus)
+    return Response(ImportResultSerializer(result).data, status=status.HTTP_201_CREATED)
+
+
+def _known_params(request: Request, allowed: set[str]) -> dict[str, str]:
+    unknown = set(request.query_params) - allowed
+    if unknown:
+        raise serializers.ValidationError(
+            {name: [f"Unknown parameter; allowed: {', '.join(sorted(allowed))}."] for name in sorted(unknown)}
+        )
+    return {k: request.query_params.get(k) for k in allowed if k in request.query_params}
+
+
+EXPORT_FORMATS = {"jsonl": ("application/x-ndjson", "jsonl"), "parquet": ("application/vnd.apache.parquet", "parquet")}
+
+
+@extend_schema(
+    tags=["exports"],
+    parameters=[OpenApiParameter("format", str, enum=list(EXPORT_FORMATS), required=True),
+                *[OpenApiParameter(f.name, str) for f in dataclasses.fields(exports.ExportOptions)]],
+    responses={(200, "application/x-ndjson"): OpenApiTypes.BINARY,
+               (200, "application/vnd.apache.parquet"): OpenApiTypes.BINARY, 400: ERROR},
+)
+@api_view(["GET"])
+@permission_classes([CanExport])
+def export_preferences(request: Request):
+    """Stream the preference dataset (one row per comparison, TRL's conversational preference format)."""
+    params = request.query_params.copy()
+    fmt = (params.pop("format", None) or [None])[-1]
+    if fmt not in EXPORT_FORMATS:
+        return error_response(400, "invalid", f"format must be one of {', '.join(EXPORT_FORMATS)}.")
+    options = exports.ExportOptions.from_params(params)  # ValueError -> 400 naming the bad option
+    content_type, extension = EXPORT_FORMATS[fmt]
+    body = exports.iter_jsonl(options) if fmt == "jsonl" else exports.iter_parquet(options)
+    response = StreamingHttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="preferences.{extension}"'
+    return response
+

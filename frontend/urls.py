@@ -21,4 +21,5 @@ urlpatterns = [
     path("labels/<int:comparison_id>/done/", views.task_done, name="task_done"),
     path("labels/<int:comparison_id>/continue/", views.continue_dialogue, name="continue"),
     path("review/<int:batch_id>/", views.review, name="review"),
+    path("tokens/", views.api_tokens, name="tokens"),
 ]

@@ -303,3 +303,21 @@ def review(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
     comparisons = selectors.comparisons_for_reviewer(request.user, batch)[:500]
     return render(request, "frontend/review.html", {"batch": batch, "comparisons": comparisons,
                                                     "Comparison": Comparison})
+
+
+@login_required
+def api_tokens(request: HtmxHttpRequest) -> HttpResponse:
+    """Create and revoke one's own API tokens; a new token is shown once."""
+    from api import tokens
+
+    new_token = None
+    if request.method == "POST":
+        if request.POST.get("action") == "create":
+            _, new_token = tokens.create_token(request.user)
+        elif request.POST.get("action") == "revoke":
+            if tokens.revoke_token(request.user, request.POST.get("token_key", "")):
+                messages.success(request, "Token revoked.")
+            else:
+                messages.warning(request, "No such token.")
+            return redirect("frontend:tokens")
+    return render(request, "frontend/tokens.html", {"tokens": tokens.tokens_of(request.user), "new_token": new_token})

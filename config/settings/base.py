@@ -1,8 +1,9 @@
 """Django core settings shared by every environment."""
 
+from datetime import timedelta
 from pathlib import Path
 
-from config.env import env_bool, env_list, env_secret
+from config.env import env_bool, env_int, env_list, env_secret
 from config.settings.database import *  # noqa: F403
 from config.settings.protocol import *  # noqa: F403
 from config.settings.queues import *  # noqa: F403
@@ -10,6 +11,9 @@ from config.settings.queues import *  # noqa: F403
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 SECRET_KEY = env_secret("DJANGO_SECRET_KEY", "insecure-development-key-change-me")
+# Key of the pseudonyms that preference exports give annotators (HMAC-SHA256 of the user id). Empty: the
+# SECRET_KEY is used, so rotating that key changes every pseudonym; set this to keep them stable.
+LADDER_PSEUDONYM_KEY = env_secret("LADDER_PSEUDONYM_KEY", "")
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 
@@ -24,7 +28,10 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "rest_framework",
+    "knox",
+    "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "annotation",
     "rlhf",
     "frontend",
@@ -82,11 +89,39 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "knox.auth.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.IdCursorPagination",
+    "PAGE_SIZE": env_int("LADDER_API_PAGE_SIZE", 100, minimum=1, maximum=1000),
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # ?format= names an export or import format here, not a DRF renderer.
+    "URL_FORMAT_OVERRIDE": None,
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Ladder API", "VERSION": "1"}
+# API tokens are stored hashed (knox); a token is shown once, when it is created.
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(days=env_int("LADDER_API_TOKEN_DAYS", 90, minimum=1)),
+    "TOKEN_PREFIX": "ladder_",
+    "AUTO_REFRESH": False,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Ladder API",
+    "DESCRIPTION": "Preference annotation, imports and streaming exports for the Llama 2 RLHF loop.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    # The schema and its docs are public: they describe the API, never its data.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+}
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,66 @@
+import django_filters
+from django.core.exceptions import ValidationError
+
+from annotation.models import Comparison, Dialogue, Focus, PreferenceStrength, Prompt, Response, SafetyCategory
+
+
+class StrictFilterSet(django_filters.FilterSet):
+    """Unknown query parameters are an error (400), not silently ignored."""
+
+    allowed_extra = {"cursor", "page_size"}
+
+    def is_valid(self):
+        valid = super().is_valid()
+        unknown = sorted(set(self.data) - set(self.filters) - self.allowed_extra)
+        if unknown:
+            # Params, not an f-string: the names come from the request and may contain "%".
+            self.form.add_error(None, ValidationError(
+                "Unknown filter %(names)s; allowed: %(allowed)s.",
+                params={"names": ", ".join(unknown), "allowed": ", ".join(sorted(self.filters))},
+            ))
+            return False
+        return valid
+
+
+class ComparisonFilter(StrictFilterSet):
+    batch = django_filters.NumberFilter(field_name="task__batch")
+    focus = django_filters.ChoiceFilter(field_name="task__batch__focus", choices=Focus.choices)
+    strength = django_filters.ChoiceFilter(choices=PreferenceStrength.choices)
+    safety_category = django_filters.ChoiceFilter(choices=SafetyCategory.choices)
+    source = django_filters.CharFilter()
+    annotator = django_filters.CharFilter(field_name="annotator__username")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Comparison
+        fields = []
+
+
+class DialogueFilter(StrictFilterSet):
+    batch = django_filters.NumberFilter()
+    source = django_filters.CharFilter()
+    is_safety = django_filters.BooleanFilter()
+
+    class Meta:
+        model = Dialogue
+        fields = []
+
+
+class PromptFilter(StrictFilterSet):
+    batch = django_filters.NumberFilter()
+    source = django_filters.CharFilter()
+
+    class Meta:
+        model = Prompt
+        fields = []
+
+
+class ResponseFilter(StrictFilterSet):
+    batch = django_filters.NumberFilter(field_name="dialogue__batch")
+    dialogue = django_filters.NumberFilter()
+    checkpoint = django_filters.CharFilter(field_name="checkpoint__name")
+
+    class Meta:
+        model = Response
+        fields = []
