@@ -212,8 +212,10 @@ def _upload(request: Request):
     return request._request  # Django's request reads the body as a stream; nothing is held in memory
 
 
-IMPORT_BODY = {"multipart/form-data": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}},
-               "application/octet-stream": {"type": "string", "format": "binary"}}
+IMPORT_BODY = {
+    "multipart/form-data": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}},
+    "application/octet-stream": {"type": "string", "format": "binary"},
+}
 
 
 @extend_schema(

@@ -50,3 +50,68 @@ def make_pairs(batch, n, *, texts=None, turns=None):
         for i in range(n)
     ]
     return services.create_queue_pairs(batch, pairs)
+
+
+_BULK_SQL = """
+WITH d AS (
+    INSERT INTO annotation_dialogue (batch_id, source, is_safety, risk_category, attack_vector, created_at)
+    SELECT %(batch)s, 'bulk', false, '', '', %(created)s FROM generate_series(1, %(n)s)
+    RETURNING id, CASE WHEN mod(id, 3) = 0 THEN 3 ELSE 1 END AS k
+),
+turns AS (
+    INSERT INTO annotation_turn (dialogue_id, index, role, content)
+    SELECT d.id, i.i, CASE WHEN mod(i.i, 2) = 0 THEN 'user' ELSE 'assistant' END,
+           left(repeat('Turn ' || i.i || ' of dialogue ' || d.id || ', with some words in it. ', 40),
+                %(prompt_chars)s)
+    FROM d CROSS JOIN LATERAL generate_series(0, d.k - 1) AS i(i)
+),
+ra AS (
+    INSERT INTO annotation_response (dialogue_id, turn_index, slot, text, generator, temperature, checkpoint_id,
+                                     created_at)
+    SELECT d.id, d.k, 'A', left(repeat('Response A to ' || d.id || ', a helpful and careful answer. ', 80),
+                               %(response_chars)s), 'bulk', 0.7, %(checkpoint_a)s, %(created)s
+    FROM d RETURNING id, dialogue_id, turn_index
+),
+rb AS (
+    INSERT INTO annotation_response (dialogue_id, turn_index, slot, text, generator, temperature, checkpoint_id,
+                                     created_at)
+    SELECT d.id, d.k, 'B', left(repeat('Response B to ' || d.id || ', another answer here. ', 80),
+                               %(response_chars)s), 'bulk', 1.0, %(checkpoint_b)s, %(created)s
+    FROM d RETURNING id, dialogue_id
+),
+t AS (
+    INSERT INTO annotation_comparisontask (batch_id, dialogue_id, turn_index, response_a_id, response_b_id,
+                                           shown_order, status, error, note, generation_attempts, created_at)
+    SELECT %(batch)s, ra.dialogue_id, ra.turn_index, ra.id, rb.id, 'AB', 'ready', '', '', 0, %(created)s
+    FROM ra JOIN rb USING (dialogue_id)
+    RETURNING id
+)
+INSERT INTO annotation_comparison (task_id, annotator_id, source, chosen, strength, safety_category, note,
+                                   time_on_task, created_at, updated_at)
+SELECT t.id, %(annotator)s, %(source)s, CASE WHEN mod(t.id, 2) = 0 THEN 'A' ELSE 'B' END,
+       CASE WHEN %(annotator)s::bigint IS NULL THEN ''
+            ELSE (ARRAY['significantly_better', 'better', 'slightly_better', 'negligibly_better'])[1 + mod(t.id, 4)]
+       END,
+       '', '', interval '30 seconds', %(created)s, %(created)s
+FROM t
+"""
+
+
+def bulk_comparisons(batch, n, *, annotator=None, source=None, checkpoints=(None, None), created=None,
+                     prompt_chars=150, response_chars=600) -> None:
+    """``n`` labelled comparisons in a helpfulness ``batch`` in one SQL statement (for volume tests and
+    benchmarks; the rows are what the services would write). Every third dialogue has three turns.
+    ``annotator=None`` makes them imported rows (``source`` required, no strength)."""
+    from django.db import connection
+    from django.utils import timezone
+
+    if annotator is None and not source:
+        raise ValueError("imported comparisons need a source")
+    params = {
+        "batch": batch.pk, "n": n, "annotator": getattr(annotator, "pk", None),
+        "source": source or "ladder", "created": created or timezone.now(), "prompt_chars": prompt_chars,
+        "response_chars": response_chars, "checkpoint_a": getattr(checkpoints[0], "pk", None),
+        "checkpoint_b": getattr(checkpoints[1], "pk", None),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_BULK_SQL, params)
