@@ -6,12 +6,14 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from models_core.loading import CheckpointError, validate_checkpoint
 from rlhf.models import PolicyCheckpoint
 
 
 def check_checkpoint_path(path: str) -> dict:
     """Summary of a loadable checkpoint, or a ``ValidationError`` that says what is wrong with it."""
+    # Imported here: torch and transformers are heavy, and only registration needs them in a web process.
+    from models_core.loading import CheckpointError, validate_checkpoint
+
     try:
         summary = validate_checkpoint(path)
     except CheckpointError as exc:

@@ -88,30 +88,33 @@ t AS (
 )
 INSERT INTO annotation_comparison (task_id, annotator_id, source, chosen, strength, safety_category, note,
                                    time_on_task, created_at, updated_at)
-SELECT t.id, %(annotator)s, %(source)s, CASE WHEN mod(t.id, 2) = 0 THEN 'A' ELSE 'B' END,
-       CASE WHEN %(annotator)s::bigint IS NULL THEN ''
-            ELSE (ARRAY['significantly_better', 'better', 'slightly_better', 'negligibly_better'])[1 + mod(t.id, 4)]
+SELECT t.id, a.id, %(source)s, CASE WHEN mod(t.id + coalesce(a.id, 0), 2) = 0 THEN 'A' ELSE 'B' END,
+       CASE WHEN a.id IS NULL THEN ''
+            ELSE (ARRAY['significantly_better', 'better', 'slightly_better', 'negligibly_better'])[
+                     1 + mod(t.id + a.id, 4)]
        END,
        '', '', interval '30 seconds', %(created)s, %(created)s
-FROM t
+FROM t CROSS JOIN unnest(%(annotators)s::bigint[]) AS a(id)
 """
 
 
-def bulk_comparisons(batch, n, *, annotator=None, source=None, checkpoints=(None, None), created=None,
-                     prompt_chars=150, response_chars=600) -> None:
-    """``n`` labelled comparisons in a helpfulness ``batch`` in one SQL statement (for volume tests and
-    benchmarks; the rows are what the services would write). Every third dialogue has three turns.
-    ``annotator=None`` makes them imported rows (``source`` required, no strength)."""
+def bulk_comparisons(batch, tasks, *, annotators=(None,), source=None, checkpoints=(None, None), created=None,
+                     prompt_chars=150, response_chars=600) -> int:
+    """``tasks`` labelled tasks in ``batch``, each with one comparison per annotator, in one SQL statement
+    (for volume tests and benchmarks; the rows are those the services would write). Every third dialogue
+    has three turns. An annotator ``None`` makes imported rows (``source`` required, no strength).
+    Returns the number of comparisons."""
     from django.db import connection
     from django.utils import timezone
 
-    if annotator is None and not source:
+    if None in annotators and not source:
         raise ValueError("imported comparisons need a source")
     params = {
-        "batch": batch.pk, "n": n, "annotator": getattr(annotator, "pk", None),
+        "batch": batch.pk, "n": tasks, "annotators": [getattr(a, "pk", None) for a in annotators],
         "source": source or "ladder", "created": created or timezone.now(), "prompt_chars": prompt_chars,
         "response_chars": response_chars, "checkpoint_a": getattr(checkpoints[0], "pk", None),
         "checkpoint_b": getattr(checkpoints[1], "pk", None),
     }
     with connection.cursor() as cursor:
         cursor.execute(_BULK_SQL, params)
+        return cursor.rowcount
