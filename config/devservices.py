@@ -15,6 +15,7 @@ This is a CLI used by the Makefile; it imports no Django.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -139,13 +140,27 @@ def run(port: int) -> int:
         worker.wait(timeout=20)
 
 
-def test(pytest_args: list[str]) -> int:
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
-    tmp = Path(tempfile.mkdtemp(prefix="ladder-test-"))
+@contextlib.contextmanager
+def throwaway_services(prefix: str):
+    """Private PostgreSQL and Redis in a temporary folder for this command only (where none are
+    configured), stopped and deleted afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     started_pg = not os.environ.get("DATABASE_URL")
     started_redis = not os.environ.get("REDIS_URL")
     try:
         ensure_services(tmp)
+        yield
+    finally:
+        if started_redis:
+            stop_redis(tmp / "redis")
+        if started_pg:
+            stop_postgres(tmp / "postgres")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test(pytest_args: list[str]) -> int:
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
+    with throwaway_services("ladder-test-"):
         steps = [
             [PY, "-m", "ruff", "check", "."],
             [str(Path(PY).parent / "lint-imports")],
@@ -157,12 +172,6 @@ def test(pytest_args: list[str]) -> int:
             if code != 0:
                 return code
         return 0
-    finally:
-        if started_redis:
-            stop_redis(tmp / "redis")
-        if started_pg:
-            stop_postgres(tmp / "postgres")
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def bench_scripts(only: list[str] | None = None) -> list[Path]:
@@ -183,22 +192,12 @@ def bench(args: list[str], only: list[str] | None = None) -> int:
     measured in the same run)."""
     scripts = bench_scripts(only)
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
-    tmp = Path(tempfile.mkdtemp(prefix="ladder-bench-"))
-    started_pg = not os.environ.get("DATABASE_URL")
-    started_redis = not os.environ.get("REDIS_URL")
-    try:
-        ensure_services(tmp)
+    with throwaway_services("ladder-bench-"):
         code = 0
         for script in scripts:
             print(f"$ python bench/{script.name} {' '.join(args)}", flush=True)
             code = subprocess.run([PY, str(script), *args], cwd=ROOT).returncode or code
         return code
-    finally:
-        if started_redis:
-            stop_redis(tmp / "redis")
-        if started_pg:
-            stop_postgres(tmp / "postgres")
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> int:
