@@ -72,8 +72,8 @@ ENDPOINTS = [
      {"anonymous": 401, "annotator": 403, "reviewer": 403, "staff": 201, "porter": 201}),
     ("get", "/api/v1/preferences/export/?format=jsonl", {},
      {"anonymous": 401, "annotator": 403, "reviewer": 403, "staff": 200, "porter": 200}),
-    ("get", "/api/schema/", {}, {"anonymous": 200, "annotator": 200, "staff": 200}),
-    ("get", "/api/docs/", {}, {"anonymous": 200, "annotator": 200, "staff": 200}),
+    ("get", "/api/schema/", {}, {"anonymous": 200, "annotator": 200, "reviewer": 200, "staff": 200}),
+    ("get", "/api/docs/", {}, {"anonymous": 200, "annotator": 200, "reviewer": 200, "staff": 200}),
 ]
 
 CASES = [(method, url, kwargs, role, expected)
