@@ -10,6 +10,7 @@ from annotation.models import (
     ComparisonRevision,
     ComparisonTask,
     Dialogue,
+    Prompt,
     Response,
     Turn,
 )
@@ -22,6 +23,14 @@ class AnnotationBatchAdmin(admin.ModelAdmin):
     search_fields = ["name", "guidelines"]
     filter_horizontal = ["annotators", "reviewers"]
     date_hierarchy = "created_at"
+
+
+@admin.register(Prompt)
+class PromptAdmin(admin.ModelAdmin):
+    list_display = ["id", "batch", "source", "category", "is_safety", "risk_category", "created_at"]
+    list_filter = ["batch", "batch__focus", "source", "is_safety", "risk_category", "created_at"]
+    search_fields = ["messages", "category", "source"]
+    readonly_fields = ["content_hash"]
 
 
 class TurnInline(admin.TabularInline):

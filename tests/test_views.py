@@ -195,7 +195,7 @@ def test_reviewers_see_every_label_in_their_batches_and_annotators_do_not(alice,
 
 
 @pytest.mark.parametrize(
-    "model", ["annotationbatch", "dialogue", "response", "comparisontask", "assignment", "comparison",
+    "model", ["annotationbatch", "prompt", "dialogue", "response", "comparisontask", "assignment", "comparison",
               "comparisonrevision"],
 )
 def test_admin_changelists_load_with_filters_for_staff(admin_client, alice, batch, model):
