@@ -6,7 +6,7 @@ commit to the moment every pair is stored. Baseline: the same model, the same pr
 sampling parameters, through ``model.generate`` directly (two calls, one per temperature, as the worker
 makes for a two-temperature batch). Tokens per second count the tokens actually generated.
 
-    python bench/sampling.py [--batch 8] [--new-tokens 64] [--checkpoint DIR] [--repeats 3]
+    python bench/sampling.py [--batch 16] [--new-tokens 64] [--checkpoint DIR] [--repeats 3]
                              [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16] [--result-line]
 
 Run it with ``make bench`` (which provides PostgreSQL and Redis); it creates and drops its own database.
@@ -33,7 +33,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8, help="pairs sampled together")
+    parser.add_argument("--batch", type=int, default=16, help="pairs sampled together (LADDER_SAMPLING_BATCH_SIZE)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: a demo-shaped policy)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -107,22 +107,29 @@ def bare_generate(path: str, texts: list[str], temperatures: list[float], new_to
 
 
 def worker_path(batch, user, texts: list[str]) -> tuple:
+    """Tokens and seconds from creating and enqueueing the tasks to the last stored response.
+
+    The end is read from the responses' own timestamps (set by the worker as it stores them), so this
+    process can poll slowly and leave both CPU cores to the worker."""
     from django.db import transaction
+    from django.db.models import Max, Sum
+    from django.utils import timezone
 
     from annotation import services
     from annotation.models import ComparisonTask, Response
 
+    started = timezone.now()
     with transaction.atomic():
         ids = [services.start_prompt_task(user, batch.pk, t).pk for t in texts]
-    started = time.perf_counter()  # the jobs are enqueued when the transaction commits, just above
+    # The jobs are enqueued when the transaction commits, just above.
     while ComparisonTask.objects.filter(pk__in=ids, status=ComparisonTask.Status.READY).count() < len(ids):
         failed = ComparisonTask.objects.filter(pk__in=ids, status=ComparisonTask.Status.FAILED).first()
         if failed:
             raise SystemExit(f"generation failed: {failed.error}")
-        time.sleep(0.01)
-    seconds = time.perf_counter() - started
-    tokens = sum(Response.objects.filter(dialogue__tasks__pk__in=ids).values_list("completion_tokens", flat=True))
-    return tokens, seconds
+        time.sleep(0.05)
+    stored = Response.objects.filter(dialogue__tasks__pk__in=ids).aggregate(
+        tokens=Sum("completion_tokens"), last=Max("created_at"))
+    return stored["tokens"], (stored["last"] - started).total_seconds()
 
 
 def main() -> int:
