@@ -96,7 +96,11 @@ class ComparisonAdmin(admin.ModelAdmin):
     list_filter = ["task__batch", "task__batch__focus", "strength", "safety_category", "annotator", "created_at"]
     search_fields = ["note", "annotator__username", "task__dialogue__turns__content"]
     raw_id_fields = ["task", "annotator"]
-    readonly_fields = ["idempotency_key", "time_on_task", "created_at", "updated_at"]
+    # Labels are evidence: annotators change their own through the workspace (which keeps a revision and
+    # recomputes the safety category); the admin shows them.
+    readonly_fields = ["task", "annotator", "source", "import_hash", "chosen", "strength", "response_a_safe",
+                       "response_b_safe", "safety_category", "note", "idempotency_key", "time_on_task",
+                       "created_at", "updated_at"]
     date_hierarchy = "created_at"
     inlines = [RevisionInline]
 

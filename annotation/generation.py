@@ -128,10 +128,12 @@ def _sampler(checkpoint: PolicyCheckpoint | None):
     return import_string(factory)(), path or None
 
 
-def _sample(plans: list[SlotPlan]) -> tuple[dict[tuple[int, str], object], dict[int, str], str]:
+def _sample(plans: list[SlotPlan]) -> tuple[dict, dict[int, str], dict[int, str], dict]:
     """Run the samplers; prompts that share a model and sampling parameters go through in one batch.
 
-    Returns results per (task, slot), refusals per task, and the generator name per slot group."""
+    A failing batch is sampled again prompt by prompt, so that one bad prompt (or one batch whose checkpoint
+    is broken) fails only its own tasks. Returns results per (task, slot), refusals (prompt too long) and
+    errors per task, and the generator name per (task, slot)."""
     groups: dict[tuple, list[SlotPlan]] = defaultdict(list)
     for plan in plans:
         p = plan.params
@@ -139,39 +141,49 @@ def _sample(plans: list[SlotPlan]) -> tuple[dict[tuple[int, str], object], dict[
         groups[key].append(plan)
     results: dict[tuple[int, str], object] = {}
     refused: dict[int, str] = {}
+    errors: dict[int, str] = {}
     names: dict[tuple[int, str], str] = {}
     overflow = settings.LADDER_CONTEXT_OVERFLOW
     system_prompt = settings.LADDER_SYSTEM_PROMPT or None
+
+    def run(sampler, path, dialogues, params):
+        if hasattr(sampler, "sample_many"):
+            return sampler.sample_many(dialogues, params, path, overflow=overflow, system_prompt=system_prompt)
+        return [sampler.sample(d, [params], path)[0] for d in dialogues]
+
     for group in groups.values():
-        sampler, path = _sampler(group[0].checkpoint)
         # One seed per group: batched sampling draws from one generator; the seed is stored per response.
         params = SamplingParams(**{**group[0].params.__dict__, "seed": min(p.params.seed for p in group)})
         dialogues = [[{"role": r, "content": c} for r, c in plan.messages] for plan in group]
-        if hasattr(sampler, "sample_many"):
-            try:
-                outputs = sampler.sample_many(dialogues, params, path, overflow=overflow, system_prompt=system_prompt)
-            except PromptTooLong:
-                outputs = []
-                for plan, dialogue in zip(group, dialogues, strict=True):
-                    try:
-                        outputs.extend(sampler.sample_many([dialogue], params, path, overflow=overflow,
-                                                           system_prompt=system_prompt))
-                    except PromptTooLong as exc:
-                        refused[plan.task_id] = str(exc)
-                        outputs.append(None)
-        else:
-            outputs = [sampler.sample(d, [params], path)[0] for d in dialogues]
+        try:
+            sampler, path = _sampler(group[0].checkpoint)
+            outputs = run(sampler, path, dialogues, params)
+        except Exception:
+            outputs = []
+            for plan, dialogue in zip(group, dialogues, strict=True):
+                try:
+                    sampler, path = _sampler(plan.checkpoint)
+                    outputs.extend(run(sampler, path, [dialogue], params))
+                except PromptTooLong as exc:
+                    refused[plan.task_id] = str(exc)
+                    outputs.append(None)
+                except Exception as exc:
+                    logger.exception("Sampling failed for task %s", plan.task_id)
+                    errors[plan.task_id] = f"{type(exc).__name__}: {exc}"
+                    outputs.append(None)
         for plan, output in zip(group, outputs, strict=True):
             if output is not None:
                 results[(plan.task_id, plan.slot)] = (output, params)
                 names[(plan.task_id, plan.slot)] = sampler.name
-    return results, refused, names
+    return results, refused, errors, names
 
 
 def sample_pairs(task_id: int) -> list[int]:
     """Claim ``task_id`` (and other pending tasks), sample their pairs and store them.
 
-    Returns the ids of tasks made ready. Raises ``TaskBusy`` when another worker holds the task."""
+    Returns the ids of tasks made ready. Raises ``TaskBusy`` when another worker holds the task. A task
+    whose sampling raised shows the error and is sent again with backoff until it has had
+    ``LADDER_SAMPLING_MAX_RETRIES`` retries, then it is marked failed; the other tasks are unaffected."""
     claimed = claim_tasks(task_id)
     if task_id not in claimed:
         task = ComparisonTask.objects.filter(pk=task_id).values("status", "sampling_claimed_until").first()
@@ -187,13 +199,31 @@ def sample_pairs(task_id: int) -> list[int]:
     )
     plans = [plan for task in tasks for plan in plan_slots(task)]
     try:
-        results, refused, names = _sample(plans)
+        results, refused, errors, names = _sample(plans)
     except Exception:
         release_claims(claimed)
         raise
-    for task_id, reason in refused.items():
-        fail_tasks([task_id], f"Prompt refused: {reason}")
-    return store_pairs([p for p in plans if p.task_id not in refused], results, names)
+    for failed_id, reason in refused.items():
+        fail_tasks([failed_id], f"Prompt refused: {reason}")
+    failed = set(refused) | set(errors)
+    ready = store_pairs([p for p in plans if p.task_id not in failed], results, names)
+    attempts = dict(ComparisonTask.objects.filter(pk__in=list(errors)).values_list("pk", "generation_attempts"))
+    for failed_id, error in errors.items():
+        _retry_or_fail(failed_id, error, attempts.get(failed_id, 1))
+    return ready
+
+
+def _retry_or_fail(task_id: int, error: str, attempt: int) -> None:
+    limit = settings.LADDER_SAMPLING_MAX_RETRIES
+    if attempt > limit:
+        record_failure(task_id, f"Failed after {attempt} attempts: {error}", final=True)
+        return
+    record_failure(task_id, f"Attempt {attempt} of {limit + 1} failed ({error}); retrying.", final=False)
+    from celery import current_app
+
+    from annotation.services import GENERATE_TASK
+
+    current_app.send_task(GENERATE_TASK, args=[task_id], countdown=min(60, 2 ** (attempt - 1)))
 
 
 def store_pairs(plans: list[SlotPlan], results: dict, names: dict) -> list[int]:

@@ -217,6 +217,8 @@ def _check_source(source: str) -> str:
         raise ValidationError("Name the import's source.")
     if len(source) > 100:
         raise ValidationError("The source name is longer than 100 characters.")
+    if "\x00" in source:
+        raise ValidationError("The source name contains a NUL character.")
     if source == "ladder":
         raise ValidationError("'ladder' names labels made here; give the import another source name.")
     return source

@@ -59,7 +59,9 @@ class LeaseExpired(Exception):
 _CANDIDATE_SQL = """
 SELECT t.id FROM annotation_comparisontask t
 WHERE t.batch_id = %(batch)s AND t.status = 'ready' AND t.owner_id IS NULL
-  AND NOT EXISTS (SELECT 1 FROM annotation_comparison c WHERE c.task_id = t.id AND c.annotator_id = %(user)s)
+  -- imported (open-source) pairs are already labelled: never offered to annotators
+  AND NOT EXISTS (SELECT 1 FROM annotation_comparison c WHERE c.task_id = t.id
+                  AND (c.annotator_id = %(user)s OR c.annotator_id IS NULL))
   AND NOT EXISTS (SELECT 1 FROM annotation_assignment a WHERE a.task_id = t.id AND a.annotator_id = %(user)s
                   AND a.status IN ('skipped', 'active'))
   AND (SELECT count(*) FROM annotation_comparison c WHERE c.task_id = t.id)
@@ -203,12 +205,11 @@ def submit_comparison(
         existing = Comparison.objects.filter(task=task, annotator=user).first()
         if existing is not None:
             return SubmitResult(existing, created=False)
-        if idempotency_key is not None:
-            replayed = Comparison.objects.filter(idempotency_key=idempotency_key).first()
-            if replayed is not None:
-                if replayed.annotator_id != user.pk:
-                    raise ValidationError({"idempotency_key": "This key belongs to another submission."})
-                return SubmitResult(replayed, created=False)
+        if idempotency_key is not None and Comparison.objects.filter(idempotency_key=idempotency_key).exists():
+            # The key names another submission (another task, or someone else's): not a replay of this one.
+            raise ValidationError({"idempotency_key": "This idempotency key was already used for another submission."})
+        if task.batch.status == AnnotationBatch.Status.CLOSED:
+            raise ValidationError({"task": "This batch is closed; labels can no longer be added."})
         if task.status != ComparisonTask.Status.READY:
             raise ValidationError({"task": "This task's responses are not ready yet."})
         category = _validate_label(task.batch, label)
@@ -221,7 +222,15 @@ def submit_comparison(
                 assignment.status = Assignment.Status.EXPIRED
                 assignment.save(update_fields=["status"])
         else:
-            return SubmitResult(_record_label(user, task, label, category, assignment, now, idempotency_key), True)
+            try:
+                with transaction.atomic():
+                    comparison = _record_label(user, task, label, category, assignment, now, idempotency_key)
+            except IntegrityError:
+                # A concurrent submit with the same key (for another task) won the unique constraint.
+                raise ValidationError(
+                    {"idempotency_key": "This idempotency key was already used for another submission."}
+                ) from None
+            return SubmitResult(comparison, True)
     raise LeaseExpired(task.pk)
 
 
@@ -250,7 +259,16 @@ def revise_comparison(user: AbstractBaseUser, comparison_id: int, label: LabelIn
     with transaction.atomic():
         comparison = selectors.get_comparison_for_annotator(user, comparison_id)
         comparison = Comparison.objects.select_for_update().get(pk=comparison.pk)
+        if comparison.task.batch.status == AnnotationBatch.Status.CLOSED:
+            raise ValidationError({"task": "This batch is closed; its labels can no longer be changed."})
         category = _validate_label(comparison.task.batch, label)
+        if label.chosen != comparison.chosen and Turn.objects.filter(
+            from_response=comparison.chosen_response
+        ).exists():
+            # The chosen response is already the assistant turn of a continued dialogue; flipping the choice
+            # would leave that dialogue built on the rejected response.
+            raise ValidationError({"chosen": "You continued the dialogue from this choice, so it cannot change; "
+                                             "strength, safety labels and the note still can."})
         ComparisonRevision.objects.create(
             comparison=comparison,
             chosen=comparison.chosen,

@@ -21,8 +21,6 @@ def _from_django(exc):
         return exceptions.ValidationError(detail)
     if isinstance(exc, LeaseExpired):
         return Conflict(str(exc), code="lease_expired")
-    if isinstance(exc, ValueError):
-        return exceptions.ValidationError({"non_field_errors": [str(exc)]})
     return exc
 
 

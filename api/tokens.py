@@ -11,6 +11,8 @@ def create_token(user) -> tuple[AuthToken, str]:
 
 def revoke_token(user, token_key: str) -> int:
     """Revoke the caller's own token with this key; returns how many were revoked (0 or 1)."""
+    if not token_key or "\x00" in token_key:
+        return 0
     deleted, _ = AuthToken.objects.filter(user=user, token_key=token_key).delete()
     return deleted
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 from django.db import connection
 from django.db.models import Q
@@ -139,7 +140,9 @@ class BatchViewSet(ScopedViewSet):
     def scoped(self, user):
         if user.is_staff:
             return AnnotationBatch.objects.all()
-        return AnnotationBatch.objects.filter(Q(annotators=user) | Q(reviewers=user)).distinct()
+        # Annotators do not see draft batches (as in the workspace); reviewers see the batches they review.
+        visible = Q(pk__in=selectors.batches_for_annotator(user).values("pk")) | Q(reviewers=user)
+        return AnnotationBatch.objects.filter(visible).distinct()
 
 
 @extend_schema(tags=["resources"])
@@ -300,10 +303,15 @@ def export_preferences(request: Request):
     fmt = (params.pop("format", None) or [None])[-1]
     if fmt not in EXPORT_FORMATS:
         return error_response(400, "invalid", f"format must be one of {', '.join(EXPORT_FORMATS)}.")
-    options = exports.ExportOptions.from_params(params)  # ValueError -> 400 naming the bad option
+    try:
+        options = exports.ExportOptions.from_params(params)
+    except ValueError as exc:
+        return error_response(400, "invalid", str(exc))
     content_type, extension = EXPORT_FORMATS[fmt]
     body = exports.iter_jsonl(options) if fmt == "jsonl" else exports.iter_parquet(options)
-    response = StreamingHttpResponse(body, content_type=content_type)
+    # The first block is produced here, so a failing query is an error status, not a cut-off 200.
+    first = next(body, b"")
+    response = StreamingHttpResponse(itertools.chain([first], body), content_type=content_type)
     response["Content-Disposition"] = f'attachment; filename="preferences.{extension}"'
     return response
 

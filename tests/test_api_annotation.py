@@ -128,3 +128,23 @@ def test_the_ui_creates_and_revokes_tokens(client):
     assert "ladder_" in html and token.token_key in html
     client.post("/tokens/", {"action": "revoke", "token_key": token.token_key})
     assert not AuthToken.objects.filter(user=alice).exists()
+
+
+def test_draft_batches_are_hidden_from_annotators_in_the_api():
+    from annotation.models import AnnotationBatch
+
+    alice = UserFactory()
+    BatchFactory(annotators=[alice], status=AnnotationBatch.Status.DRAFT)
+    shown = BatchFactory(annotators=[alice])
+    client = APIClient()
+    client.force_authenticate(alice)
+    assert [b["id"] for b in client.get("/api/v1/batches/").json()["results"]] == [shown.pk]
+
+
+def test_nul_characters_are_a_400_not_a_server_error():
+    staff = APIClient()
+    staff.force_authenticate(UserFactory(is_staff=True))
+    assert staff.get("/api/v1/preferences/export/?format=jsonl&sources=%00").status_code == 400
+    r = staff.generic("POST", "/api/v1/imports/preferences/?format=trl&source=%00", b"{}\n",
+                      content_type="application/octet-stream")
+    assert r.status_code == 400

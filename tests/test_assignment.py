@@ -92,3 +92,16 @@ def test_tasks_still_generating_are_not_claimed():
     services.refill_queue(batch.pk, enqueue=False)
     assert ComparisonTask.objects.get().status == ComparisonTask.Status.GENERATING
     assert services.claim_next_task(alice, batch.pk, wait_seconds=0) is None
+
+
+def test_imported_pairs_are_never_offered_to_annotators():
+    import io
+    import json
+
+    from annotation import imports
+
+    alice = UserFactory()
+    batch = BatchFactory(annotators=[alice], overlap=2)
+    row = {"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}
+    imports.import_preferences(io.BytesIO(json.dumps(row).encode() + b"\n"), fmt="trl", source="open", batch=batch)
+    assert services.claim_next_task(alice, batch.pk, wait_seconds=0) is None

@@ -10,11 +10,11 @@ from django.urls import reverse
 
 from annotation import generation, services
 from annotation.models import ComparisonTask, Focus, PairSampling, Response
+from models_core.sampling import DeterministicDemoSampler
 from rlhf import services as rlhf_services
 from rlhf.models import PolicyCheckpoint
 from tests.conftest import start_worker, stop_worker
 from tests.factories import BatchFactory, UserFactory
-from workers import tasks
 
 LONG_PROMPT = " ".join(f"word{i} and more text" for i in range(200))
 
@@ -139,18 +139,48 @@ class _ExplodingSampler:
         raise RuntimeError("CUDA error: device-side assert triggered")
 
 
-@pytest.mark.django_db
-def test_a_generation_that_raises_is_retried_then_fails_visibly(alice, settings):
-    settings.LADDER_DEMO_SAMPLER = "tests.test_sampling_workers._ExplodingSampler"
-    settings.LADDER_SAMPLING_MAX_RETRIES = 2
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_generation_that_raises_is_retried_by_the_worker_then_fails_visibly():
+    alice = UserFactory()
     batch = BatchFactory(annotators=[alice])
-    task = services.start_prompt_task(alice, batch.pk, "Name a river")
-    tasks.generate_task_responses.apply(args=[task.pk])
+    worker = start_worker("worker-exploding.log", LADDER_DEMO_SAMPLER="tests.test_sampling_workers._ExplodingSampler",
+                          LADDER_SAMPLING_MAX_RETRIES="2")
+    try:
+        task = services.start_prompt_task(alice, batch.pk, "Name a river")
+        assert _wait_for(lambda: ComparisonTask.objects.get(pk=task.pk).status == ComparisonTask.Status.FAILED, 60)
+    finally:
+        stop_worker(worker)
     task.refresh_from_db()
-    assert task.status == ComparisonTask.Status.FAILED
     assert task.generation_attempts == 3
-    assert "device-side assert" in task.error
+    assert task.error.startswith("Failed after 3 attempts") and "device-side assert" in task.error
     assert task.dialogue.turns.get().content == "Name a river"
+
+
+class _PoisonSampler:
+    """Fails on one prompt only, like a real sampler tripping over one input."""
+
+    name = "poison"
+
+    def sample(self, messages, params, checkpoint_uri):
+        if "POISON" in messages[-1]["content"]:
+            raise RuntimeError("sampler blew up on one prompt")
+        return DeterministicDemoSampler().sample(messages, params, checkpoint_uri)
+
+
+@pytest.mark.django_db
+def test_one_failing_prompt_fails_only_its_own_task(settings, django_capture_on_commit_callbacks):
+    settings.LADDER_DEMO_SAMPLER = "tests.test_sampling_workers._PoisonSampler"
+    alice, bob = UserFactory(), UserFactory()
+    ours, theirs = BatchFactory(annotators=[alice]), BatchFactory(annotators=[bob])
+    poisoned = services.start_prompt_task(alice, ours.pk, "POISON please")
+    fine = services.start_prompt_task(bob, theirs.pk, "A normal prompt")
+    assert generation.sample_pairs(fine.pk) == [fine.pk]
+    poisoned.refresh_from_db()
+    fine.refresh_from_db()
+    assert fine.status == ComparisonTask.Status.READY and fine.error == ""
+    assert poisoned.status == ComparisonTask.Status.GENERATING
+    assert poisoned.error.startswith("Attempt 1 of 4 failed") and "blew up" in poisoned.error
 
 
 @pytest.mark.django_db

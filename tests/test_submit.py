@@ -149,3 +149,47 @@ def test_nobody_else_can_change_a_label(alice, leased):
     with pytest.raises(Http404):
         services.revise_comparison(bob, c.pk, services.LabelInput(chosen="B", strength="better"))
     assert ComparisonRevision.objects.count() == 0
+
+
+def test_an_idempotency_key_used_for_another_task_is_refused(alice):
+    batch = BatchFactory(annotators=[alice])
+    t1, t2 = make_pairs(batch, 2)
+    key = uuid.uuid4()
+    services.claim_next_task(alice, batch.pk)
+    services.submit_comparison(alice, t1.pk, services.LabelInput(chosen="A", strength="better"), idempotency_key=key)
+    services.claim_next_task(alice, batch.pk)
+    with pytest.raises(ValidationError) as exc:
+        services.submit_comparison(alice, t2.pk, services.LabelInput(chosen="A", strength="better"),
+                                   idempotency_key=key)
+    assert "idempotency_key" in exc.value.message_dict
+    assert not Comparison.objects.filter(task=t2).exists()
+
+
+def test_a_closed_batch_takes_no_new_labels_and_no_changes(alice, leased):
+    from annotation.models import AnnotationBatch
+
+    other = make_pairs(leased.batch, 1)[0]
+    c = services.submit_comparison(alice, leased.pk, services.LabelInput(chosen="A", strength="better")).comparison
+    services.claim_next_task(alice, leased.batch.pk)
+    AnnotationBatch.objects.filter(pk=leased.batch_id).update(status=AnnotationBatch.Status.CLOSED)
+    with pytest.raises(ValidationError):
+        services.submit_comparison(alice, other.pk, services.LabelInput(chosen="A", strength="better"))
+    with pytest.raises(ValidationError):
+        services.revise_comparison(alice, c.pk, services.LabelInput(chosen="B", strength="better"))
+    assert Comparison.objects.count() == 1 and ComparisonRevision.objects.count() == 0
+
+
+def test_the_choice_cannot_flip_once_the_dialogue_was_continued_from_it(alice):
+    from annotation import generation
+
+    batch = BatchFactory(annotators=[alice])
+    task = services.start_prompt_task(alice, batch.pk, "Plan a picnic")
+    generation.sample_pairs(task.pk)
+    c = services.submit_comparison(alice, task.pk, services.LabelInput(chosen="A", strength="better")).comparison
+    services.continue_dialogue(alice, c.pk, "For ten people")
+    with pytest.raises(ValidationError) as exc:
+        services.revise_comparison(alice, c.pk, services.LabelInput(chosen="B", strength="better"))
+    assert "continued" in exc.value.message_dict["chosen"][0]
+    services.revise_comparison(alice, c.pk, services.LabelInput(chosen="A", strength="slightly_better"))
+    c.refresh_from_db()
+    assert c.strength == "slightly_better"

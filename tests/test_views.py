@@ -176,7 +176,8 @@ def test_annotator_changes_their_label_and_the_page_shows_its_history(client_ali
     assert r.status_code == 302
     assert ComparisonRevision.objects.filter(comparison=c, chosen="A").exists()
     html = client_alice.get(reverse("frontend:edit_label", args=[c.pk])).content.decode()
-    assert "History" in html and "was A, Better" in html
+    shown = "A" if task.shown_order == "AB" else "B"  # the letter the annotator saw for slot A
+    assert "History" in html and f"was {shown}, Better" in html
 
 
 def test_reviewers_see_every_label_in_their_batches_and_annotators_do_not(alice, batch):
@@ -206,9 +207,17 @@ def test_admin_changelists_load_with_filters_for_staff(admin_client, alice, batc
     response = admin_client.get(reverse(f"admin:annotation_{model}_changelist"), {"q": "a"})
     assert response.status_code == 200
     if model == "comparison":
+        # Related-field filters show only when there is a choice to make: a second batch and annotator.
+        bob = UserFactory()
+        other = BatchFactory(annotators=[bob], focus="safety")
+        (t2,) = make_pairs(other, 1)
+        services.claim_next_task(bob, other.pk)
+        services.submit_comparison(bob, t2.pk, services.LabelInput(chosen="B", strength="slightly_better",
+                                                                  response_a_safe=True, response_b_safe=False))
         html = admin_client.get(reverse("admin:annotation_comparison_changelist")).content.decode()
-        for f in ("strength", "safety_category", "annotator", "created_at", "task__batch"):
-            assert f"{f}" in html
+        for lookup in ("task__batch__id__exact=", "task__batch__focus__exact=", "strength__exact=",
+                       "safety_category__exact=", "annotator__id__exact=", "created_at__gte="):
+            assert f"?{lookup}" in html, lookup
         detail = admin_client.get(reverse("admin:annotation_comparison_change", args=[c.pk])).content.decode()
         assert "Comparison revisions" in detail
 
@@ -225,3 +234,14 @@ def test_label_history_cannot_be_edited_in_admin(admin_client):
 def test_annotators_cannot_use_the_admin(client_alice):
     r = client_alice.get(reverse("admin:annotation_comparison_changelist"))
     assert r.status_code == 302 and "login" in r["Location"]
+
+
+def test_pages_name_the_response_by_the_letter_shown_on_screen(client_alice, alice, batch):
+    from annotation.models import ComparisonTask
+
+    (task,) = make_pairs(batch, 1)
+    ComparisonTask.objects.filter(pk=task.pk).update(shown_order="BA")  # slot B is on the left, shown as "A"
+    services.claim_next_task(alice, batch.pk)
+    services.submit_comparison(alice, task.pk, services.LabelInput(chosen="B", strength="better"))
+    html = client_alice.get(reverse("frontend:labels")).content.decode()
+    assert "<td>A</td>" in html and "<td>B</td>" not in html

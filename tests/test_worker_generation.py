@@ -49,6 +49,7 @@ class _BrokenSampler:
 @pytest.mark.django_db
 def test_a_failing_generation_is_shown_on_the_task_and_can_be_retried(settings, django_capture_on_commit_callbacks):
     settings.LADDER_DEMO_SAMPLER = "tests.test_worker_generation._BrokenSampler"
+    settings.LADDER_SAMPLING_MAX_RETRIES = 0
     alice = UserFactory()
     batch = BatchFactory(annotators=[alice])
     task = services.start_prompt_task(alice, batch.pk, "Name three rivers")

@@ -3,37 +3,27 @@
 import logging
 
 from celery import shared_task
-from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from annotation import generation, services
 
 logger = logging.getLogger(__name__)
 
+# Only these are retried by Celery: the database or broker blinked. Sampling errors are retried per task by
+# the sampling service itself (counted in the task's generation_attempts), so that one bad prompt never
+# fails the other prompts batched with it.
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 
 
-@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
+             max_retries=5)
 def generate_task_responses(self, task_id: int) -> list[int]:
-    """Sample the pair of ``task_id`` (and of other pending tasks, batched). A generation that raises is
-    shown on the task and retried with backoff up to LADDER_SAMPLING_MAX_RETRIES, then marked failed."""
+    """Sample the pair of ``task_id`` (and of other pending tasks, batched)."""
     try:
         return generation.sample_pairs(task_id)
     except generation.TaskBusy as busy:
-        # Another worker holds it: not a failure. Look again once its claim could have lapsed.
-        raise self.retry(countdown=busy.seconds + 1) from None
-    except Exception as exc:
-        limit = settings.LADDER_SAMPLING_MAX_RETRIES
-        attempt = self.request.retries
-        final = attempt >= limit
-        message = f"{type(exc).__name__}: {exc}"
-        if not final:
-            message = f"Attempt {attempt + 1} of {limit + 1} failed ({message}); retrying."
-        generation.record_failure(task_id, message, final=final)
-        if final:
-            logger.exception("Sampling failed for task %s after %s attempts", task_id, attempt + 1)
-            return []
-        raise self.retry(exc=exc, countdown=min(60, 2**attempt)) from exc
+        # Another worker holds it: not a failure, and not counted against the retry limit.
+        raise self.retry(countdown=min(busy.seconds + 1, 10), max_retries=None) from None
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,

@@ -18,3 +18,12 @@ def get_item(mapping, key):
         return ""
     value = mapping.get(key, "")
     return value[0] if isinstance(value, list) and value else value
+
+
+@register.filter
+def as_shown(slot: str, task) -> str:
+    """The letter the annotator saw for a stored slot: the left column is "A" on screen, whichever response
+    it holds (the pair's order is randomised per task)."""
+    if not slot or task is None or task.shown_order == "AB":
+        return slot
+    return {"A": "B", "B": "A"}.get(slot, slot)
