@@ -199,6 +199,10 @@ class Dialogue(models.Model):
     risk_category = models.CharField(max_length=30, choices=RiskCategory.choices, blank=True)
     attack_vector = models.CharField(max_length=30, choices=AttackVector.choices, blank=True)
     prompt = models.ForeignKey(Prompt, null=True, blank=True, on_delete=models.SET_NULL, related_name="dialogues")
+    root = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="continuations",
+        help_text="The dialogue this one copies and continues: exports keep them in one train/test split.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

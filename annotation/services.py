@@ -357,6 +357,7 @@ def continue_dialogue(user: AbstractBaseUser, comparison_id: int, next_prompt: s
             dialogue = Dialogue.objects.create(
                 batch=dialogue.batch, author=user, source=dialogue.source, is_safety=dialogue.is_safety,
                 risk_category=dialogue.risk_category, attack_vector=dialogue.attack_vector,
+                root_id=dialogue.root_id or dialogue.pk,
             )
             Turn.objects.bulk_create(
                 Turn(dialogue=dialogue, index=t.index, role=t.role, content=t.content,

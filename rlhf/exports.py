@@ -21,11 +21,21 @@ Rules followed:
 * Chosen-unsafe/rejected-safe comparisons (``SafetyCategory.CHOSEN_UNSAFE_REJECTED_SAFE``) are left out
   unless ``include_flagged``: "We do not include any examples where the chosen response was unsafe and the
   other response safe" (§3.2.1).
-* The test split (§3.2.2, "On each batch ... we held out 1000 examples as a test set"): within each batch,
-  the ``heldout_count`` comparisons with the smallest ``md5(batch_id || ':' || comparison_id)`` are "test",
-  the others "train". The ranking runs over *all* the batch's comparisons, whatever the export's filters
-  (flagged ones included), so no filter moves a comparison between train and test; a default export of a
-  safety batch's test split therefore lacks the held-out comparisons that are flagged.
+* The test split (§3.2.2, "On each batch ... we held out 1000 examples as a test set") holds out whole
+  dialogues, so that no task (labelled by several annotators when the batch's overlap is above 1) and no
+  dialogue (continued over several turns) has comparisons in both splits. Within each batch the dialogues
+  that have comparisons are ranked by ``md5(batch_id || ':' || root)``, where ``root`` is the dialogue's
+  ``root`` (the dialogue a continued copy came from) or else its own id, and every comparison of a
+  dialogue family is "test" while the comparisons of the dialogues ranked before it number fewer than
+  ``heldout_count``; the rest are "train". The test set is therefore at least ``heldout_count`` comparisons
+  when the batch has that many, and exceeds it by less than one dialogue's comparisons. The ranking runs
+  over *all* the batch's comparisons, whatever the export's filters (flagged ones included), so no filter
+  moves a comparison between train and test; a default export of a safety batch's test split therefore
+  lacks the held-out comparisons that are flagged. While a batch is still collecting labels, new dialogues
+  can enter the test ranking (and push others out of it), so reward-model test sets should be exported
+  from closed batches. A queue dialogue that an annotator continues is copied into a new dialogue
+  (``annotation.services.continue_dialogue``) that records its ``root``, so the copy, which shares the
+  original's prefix, always lands in the original's split.
 * Filters (batches, focus, sources, since <= created_at < until, split, flagged) apply first; a preset
   then mixes the filtered rows (§3.2.2). With H = Ladder helpfulness comparisons (source "ladder", batch
   focus helpfulness), S = Ladder safety comparisons, O = imported comparisons (source != "ladder"),
@@ -116,6 +126,10 @@ class ExportOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("focus", "sources", "split", "margin", "preset"):
+            value = getattr(self, name)
+            if any(isinstance(v, str) and "\x00" in v for v in (value if isinstance(value, tuple) else (value,))):
+                raise ValueError(f"{name} must not contain a NUL character; got {value!r}.")
         if not isinstance(self.batches, tuple) or not all(
             isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in self.batches
         ):
@@ -167,7 +181,10 @@ class ExportOptions:
 
         def values(name: str) -> list[str]:
             raw = getlist(name) if getlist is not None else [params[name]]
-            return [str(v).strip() if v is not None else "" for v in raw]
+            given = [str(v).strip() if v is not None else "" for v in raw]
+            if any("\x00" in v for v in given):
+                raise ValueError(f"{name} must not contain a NUL character; got {','.join(given)!r}.")
+            return given
 
         def scalar(name: str) -> str | None:
             if name not in params:
@@ -225,23 +242,33 @@ def _parse_datetime(name: str, value: str) -> datetime:
 
 # --- SQL ----------------------------------------------------------------------------------------------------
 
-# The test split: per batch, the heldout_count comparisons with the smallest md5(batch_id || ':' || id), in
-# byte order (COLLATE "C": the same order as the hashes' numeric value, and no locale-aware comparisons).
-# The ranking runs over every comparison of the batch, before any filter, so that no export option moves a
-# comparison between train and test. Only the held-out ids come out (a small set the main query probes).
+# The test split: per batch, whole dialogues in the order of md5(batch_id || ':' || dialogue_id), in byte order
+# (COLLATE "C": the same order as the hashes' numeric value, and no locale-aware comparisons); a dialogue is
+# held out while the comparisons of the dialogues before it number fewer than heldout_count. The ranking runs
+# over every comparison of the batch, before any filter, so that no export option moves a comparison between
+# train and test. Only the held-out (batch, dialogue) pairs come out (a small set the main query probes).
 _HELDOUT = """
 heldout AS (
-    SELECT id FROM (
-        SELECT c.id, b.heldout_count,
-               row_number() OVER (PARTITION BY t.batch_id
-                                  ORDER BY md5(t.batch_id::text || ':' || c.id::text) COLLATE "C") AS rank
-        FROM annotation_comparison c
-        JOIN annotation_comparisontask t ON t.id = c.task_id
-        JOIN annotation_annotationbatch b ON b.id = t.batch_id
-        {batch_filter}
-    ) ranked
-    WHERE rank <= heldout_count
+    SELECT d.batch_id, d.id AS dialogue_id
+    FROM annotation_dialogue d
+    JOIN (
+        SELECT batch_id, family FROM (
+            SELECT t.batch_id, coalesce(d.root_id, d.id) AS family, b.heldout_count,
+                   coalesce(sum(count(*)) OVER (
+                       PARTITION BY t.batch_id
+                       ORDER BY md5(t.batch_id::text || ':' || coalesce(d.root_id, d.id)::text) COLLATE "C"
+                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+            FROM annotation_comparison c
+            JOIN annotation_comparisontask t ON t.id = c.task_id
+            JOIN annotation_annotationbatch b ON b.id = t.batch_id
+            JOIN annotation_dialogue d ON d.id = t.dialogue_id
+            {batch_filter}
+            GROUP BY t.batch_id, coalesce(d.root_id, d.id), b.heldout_count
+        ) ranked
+        WHERE before < heldout_count
+    ) held ON held.batch_id = d.batch_id AND held.family = coalesce(d.root_id, d.id)
 )"""
+_IS_TEST = "(t.batch_id, t.dialogue_id) IN (SELECT batch_id, dialogue_id FROM heldout)"
 
 # The preset groups: the rows kept whole ("primary"); the mix is drawn from every other row.
 _PRIMARY = {
@@ -271,7 +298,7 @@ SELECT
     CASE WHEN c.chosen = 'A' THEN c.response_b_safe ELSE c.response_a_safe END,
     c.source,
     b.name,
-    c.id IN (SELECT id FROM heldout),
+    """ + _IS_TEST + """,
     c.annotator_id,
     CASE WHEN c.chosen = 'A' THEN ka.name ELSE kb.name END,
     CASE WHEN c.chosen = 'A' THEN kb.name ELSE ka.name END,
@@ -314,7 +341,7 @@ def _selection(options: ExportOptions) -> tuple[str, str, dict[str, Any]]:
         params["until"] = options.until
         where.append("c.created_at < %(until)s")
     if options.split:
-        where.append(f"c.id {'' if options.split == 'test' else 'NOT '}IN (SELECT id FROM heldout)")
+        where.append(_IS_TEST if options.split == "test" else f"NOT {_IS_TEST}")
     if not options.include_flagged:
         params["flagged"] = SafetyCategory.CHOSEN_UNSAFE_REJECTED_SAFE.value
         where.append("c.safety_category <> %(flagged)s")

@@ -8,15 +8,17 @@ import json
 import math
 import threading
 import time
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.http import QueryDict
+from django.utils import timezone
 
-from annotation import services
-from annotation.models import Comparison, Focus, Response
+from annotation import generation, services
+from annotation.models import AnnotationBatch, Comparison, Focus, Response
 from rlhf import exports
 from rlhf import services as rlhf_services
 from rlhf.exports import ExportOptions
@@ -85,10 +87,17 @@ def rows_by_id(options=None):
 
 
 def expected_test_ids(batch) -> set[int]:
-    """The rule, computed independently: the heldout_count smallest md5("<batch id>:<comparison id>")."""
-    ids = Comparison.objects.filter(task__batch=batch).values_list("pk", flat=True)
-    ranked = sorted(ids, key=lambda pk: hashlib.md5(f"{batch.pk}:{pk}".encode()).hexdigest())
-    return set(ranked[: batch.heldout_count])
+    """The rule, computed independently: the batch's dialogues in the order of md5("<batch id>:<dialogue id>"),
+    each held out whole while fewer than heldout_count comparisons were held out before it."""
+    by_dialogue = defaultdict(set)
+    for pk, dialogue_id in Comparison.objects.filter(task__batch=batch).values_list("pk", "task__dialogue_id"):
+        by_dialogue[dialogue_id].add(pk)
+    held_out: set[int] = set()
+    for dialogue_id in sorted(by_dialogue, key=lambda d: hashlib.md5(f"{batch.pk}:{d}".encode()).hexdigest()):
+        if len(held_out) >= batch.heldout_count:
+            break
+        held_out |= by_dialogue[dialogue_id]
+    return held_out
 
 
 def pseudonym(user) -> str:
@@ -257,20 +266,85 @@ def test_test_split_is_the_smallest_hashes_of_each_batch(data):
 
 
 def test_split_is_deterministic_and_holds_out_heldout_count_per_batch():
-    user = UserFactory()
+    user, other = UserFactory(), UserFactory()
     small, large = BatchFactory(heldout_count=7), BatchFactory(heldout_count=25)
-    bulk_comparisons(small, 40, annotators=[user])
-    bulk_comparisons(large, 60, annotators=[user])
+    bulk_comparisons(small, 40, annotators=[user])  # one comparison per dialogue
+    bulk_comparisons(large, 60, annotators=[user, other])  # two per dialogue: 13 whole dialogues reach 25
     first = [(r["comparison_id"], r["batch"]) for r in exports.iter_rows(ExportOptions(split="test"))]
     again = [(r["comparison_id"], r["batch"]) for r in exports.iter_rows(ExportOptions(split="test"))]
     assert first == again
     assert sum(batch == small.name for _, batch in first) == 7
-    assert sum(batch == large.name for _, batch in first) == 25
+    assert sum(batch == large.name for _, batch in first) == 26
     assert {pk for pk, _ in first} == expected_test_ids(small) | expected_test_ids(large)
     # Filters never move a comparison between train and test.
     only_small = rows_by_id(ExportOptions(batches=(small.pk,), split="test"))
     assert set(only_small) == expected_test_ids(small)
-    assert exports.count_rows(ExportOptions(split="train")) == 40 - 7 + 60 - 25
+    only_other = rows_by_id(ExportOptions(batches=(large.pk,), since=timezone.now() - timedelta(days=1)))
+    assert {pk for pk, row in only_other.items() if row["split"] == "test"} == expected_test_ids(large)
+    assert exports.count_rows(ExportOptions(split="train")) == 40 - 7 + 120 - 26
+
+
+def splits_by(rows, key) -> dict:
+    """``key(row) -> set of splits`` over the export's rows."""
+    found = defaultdict(set)
+    for row in rows.values():
+        found[key(row)].add(row["split"])
+    return found
+
+
+def test_with_overlap_2_no_task_or_dialogue_is_in_both_splits():
+    alice, bob = UserFactory(), UserFactory()
+    batch = BatchFactory(overlap=2, heldout_count=5, annotators=[alice, bob])
+    make_pairs(batch, 10)
+    labels = [services.LabelInput("A" if i % 2 else "B", "better") for i in range(10)]
+    label_all(alice, batch, labels)
+    label_all(bob, batch, labels)
+    comparisons = {c.pk: c for c in Comparison.objects.filter(task__batch=batch).select_related("task")}
+    assert len(comparisons) == 20
+
+    rows = rows_by_id(ExportOptions(batches=(batch.pk,)))
+    assert set(rows) == set(comparisons)
+    by_task = splits_by(rows, lambda row: comparisons[row["comparison_id"]].task_id)
+    by_dialogue = splits_by(rows, lambda row: comparisons[row["comparison_id"]].task.dialogue_id)
+    assert len(by_task) == len(by_dialogue) == 10
+    assert all(len(splits) == 1 for splits in [*by_task.values(), *by_dialogue.values()])
+    test_ids = {pk for pk, row in rows.items() if row["split"] == "test"}
+    assert test_ids == expected_test_ids(batch)
+    assert len(test_ids) == 6  # three whole dialogues of two comparisons: at least 5, less than 5 + 2
+    test_dialogues = {comparisons[pk].task.dialogue_id for pk in test_ids}
+    assert test_ids == {pk for pk, c in comparisons.items() if c.task.dialogue_id in test_dialogues}
+    assert set(rows_by_id(ExportOptions(split="test"))) == test_ids
+    assert exports.count_rows(ExportOptions(split="train", batches=(batch.pk,))) == 14
+
+
+def test_a_continued_dialogue_keeps_all_its_turns_in_one_split():
+    alice = UserFactory()
+    batch = BatchFactory(annotators=[alice], temperatures=[0.7, 1.0])
+    make_pairs(batch, 4)
+    label_all(alice, batch, [services.LabelInput("A", "better")] * 4)
+    task = services.start_prompt_task(alice, batch.pk, "Plan a trip to Lisbon")
+    continued = []
+    for next_prompt in ("Make it three days", "Now make it cheaper", None):
+        generation.sample_pairs(task.pk)
+        comparison = services.submit_comparison(alice, task.pk, services.LabelInput("B", "better")).comparison
+        continued.append(comparison.pk)
+        if next_prompt:
+            task = services.continue_dialogue(alice, comparison.pk, next_prompt)
+    assert Comparison.objects.filter(pk__in=continued).values("task__dialogue_id").distinct().count() == 1
+    rows = rows_by_id(ExportOptions(batches=(batch.pk,)))
+    assert [len(rows[pk]["prompt"]) for pk in continued] == [1, 3, 5]
+
+    seen = set()
+    for heldout_count in range(0, 8):  # 7 comparisons: every cut through the ranking
+        AnnotationBatch.objects.filter(pk=batch.pk).update(heldout_count=heldout_count)
+        batch.refresh_from_db()
+        rows = rows_by_id(ExportOptions(batches=(batch.pk,)))
+        (split,) = {rows[pk]["split"] for pk in continued}
+        seen.add(split)
+        test_ids = {pk for pk, row in rows.items() if row["split"] == "test"}
+        assert test_ids == expected_test_ids(batch)
+        assert heldout_count <= len(test_ids) < heldout_count + 3
+    assert seen == {"train", "test"}
 
 
 # --- presets (§3.2.2) ----------------------------------------------------------------------------------------
@@ -357,10 +431,22 @@ def test_unknown_options_are_refused_with_the_allowed_list():
     ({"preset": "dpo"}, "preset must be one of helpfulness-rm, safety-rm"),
     ({"preset": "safety-rm", "focus": "safety"}, "chooses the focus and sources itself"),
     ({"seed": "1.5"}, "seed must be an integer"),
+    ({"sources": "ladder\x00"}, "sources must not contain a NUL character"),
+    ({"focus": "\x00"}, "focus must not contain a NUL character"),
+    ({"since": "2024-05-01\x00"}, "since must not contain a NUL character"),
 ])
 def test_bad_values_are_refused_naming_the_option(params, message):
     with pytest.raises(ValueError, match=message):
         ExportOptions.from_params(params)
+
+
+def test_a_nul_character_is_refused_before_it_reaches_postgresql():
+    with pytest.raises(ValueError, match="sources must not contain a NUL character"):
+        ExportOptions.from_params(QueryDict("sources=%00"))
+    with pytest.raises(ValueError, match="sources must not contain a NUL character"):
+        ExportOptions(sources=("anthropic\x00",))
+    with pytest.raises(ValueError, match="margin must not contain a NUL character"):
+        ExportOptions(margin="small\x00")
 
 
 def test_a_scalar_given_twice_is_refused():
@@ -478,3 +564,30 @@ def test_an_unmodified_trl_reward_trainer_takes_a_step_on_the_export(data, tmp_p
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses and all(math.isfinite(loss) for loss in losses)
     assert not torch.equal(model.score.weight.detach(), before)
+
+
+def test_a_continued_copy_of_a_queue_dialogue_lands_in_the_originals_split():
+    from annotation import generation
+
+    alice, bob = UserFactory(), UserFactory()
+    batch = BatchFactory(annotators=[alice, bob], overlap=2, heldout_count=1)
+    make_pairs(batch, 6)
+    copies = []
+    for user in (alice, bob):
+        for _ in range(6):
+            lease = services.claim_next_task(user, batch.pk)
+            c = services.submit_comparison(user, lease.task_id, services.LabelInput(chosen="A", strength="better"))
+            copies.append(services.continue_dialogue(user, c.comparison.pk, "And then?"))
+    for task in copies:
+        generation.sample_pairs(task.pk)
+    for task in copies:
+        services.claim_next_task(task.owner, batch.pk)
+        services.submit_comparison(task.owner, task.pk, services.LabelInput(chosen="B", strength="better"))
+    rows = list(exports.iter_rows(ExportOptions(batches=(batch.pk,))))
+    by_family = {}
+    for row in rows:
+        comparison = Comparison.objects.select_related("task__dialogue").get(pk=row["comparison_id"])
+        family = comparison.task.dialogue.root_id or comparison.task.dialogue_id
+        by_family.setdefault(family, set()).add(row["split"])
+    assert len(by_family) == 6 and all(len(splits) == 1 for splits in by_family.values())
+    assert sum(1 for splits in by_family.values() if splits == {"test"}) == 1
