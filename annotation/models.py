@@ -296,6 +296,10 @@ class ComparisonTask(models.Model):
     sampling_claimed_until = models.DateTimeField(
         null=True, blank=True, help_text="A worker is sampling this task's pair until then."
     )
+    request_key = models.UUIDField(
+        null=True, blank=True, unique=True,
+        help_text="Idempotency key of the prompt or continuation that created it: a replay returns this task.",
+    )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="Prompt mode: the annotator who wrote the prompt labels this task.",

@@ -87,6 +87,7 @@ class PromptInputSerializer(serializers.Serializer):
     prompt = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=1_000_000)
     risk_category = serializers.CharField(required=False, allow_blank=True, default="")
     attack_vector = serializers.CharField(required=False, allow_blank=True, default="")
+    idempotency_key = serializers.UUIDField(required=False, allow_null=True, default=None)
 
 
 class BatchSerializer(serializers.ModelSerializer):

@@ -90,6 +90,7 @@ def _workspace_context(request: HttpRequest, batch) -> dict:
         "risk_categories": RiskCategory.choices,
         "attack_vectors": AttackVector.choices,
         "progress": selectors.batch_progress(batch, request.user),
+        "form_key": uuid.uuid4(),  # idempotency key of the prompt and continue forms
     }
 
 
@@ -217,6 +218,7 @@ def write_prompt(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
             request.user, batch.pk, request.POST.get("prompt", ""),
             risk_category=request.POST.get("risk_category", ""),
             attack_vector=request.POST.get("attack_vector", ""),
+            idempotency_key=_idempotency_key(request),
         )
     except ValidationError as exc:
         context = _workspace_context(request, batch)
@@ -241,7 +243,8 @@ def prompt_form(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
 def continue_dialogue(request: HtmxHttpRequest, comparison_id: int) -> HttpResponse:
     comparison = selectors.get_comparison_for_annotator(request.user, comparison_id)
     try:
-        task = services.continue_dialogue(request.user, comparison.pk, request.POST.get("prompt", ""))
+        task = services.continue_dialogue(request.user, comparison.pk, request.POST.get("prompt", ""),
+                                          idempotency_key=_idempotency_key(request))
     except ValidationError as exc:
         context = _workspace_context(request, comparison.task.batch)
         context.update({"comparison": comparison, "task": comparison.task,

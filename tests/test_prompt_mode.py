@@ -113,3 +113,22 @@ def test_risk_category_and_attack_vector_are_kept_on_safety_prompts(alice):
     assert (d.is_safety, d.risk_category, d.attack_vector) == (True, "illicit_criminal", "perspective")
     with pytest.raises(ValidationError):
         services.start_prompt_task(alice, batch.pk, "x", risk_category="made-up")
+
+
+def test_a_replayed_prompt_or_continuation_creates_one_task(alice, batch):
+    import uuid
+
+    key = uuid.uuid4()
+    first = services.start_prompt_task(alice, batch.pk, "Plan a trip", idempotency_key=key)
+    again = services.start_prompt_task(alice, batch.pk, "Plan a trip", idempotency_key=key)
+    assert first.pk == again.pk and ComparisonTask.objects.count() == 1
+    generation.sample_pairs(first.pk)
+    comparison = services.submit_comparison(alice, first.pk, services.LabelInput(chosen="A", strength="better"))
+    key2 = uuid.uuid4()
+    nxt = services.continue_dialogue(alice, comparison.comparison.pk, "Three days", idempotency_key=key2)
+    same = services.continue_dialogue(alice, comparison.comparison.pk, "Three days", idempotency_key=key2)
+    assert nxt.pk == same.pk and ComparisonTask.objects.count() == 2 and Dialogue.objects.count() == 1
+    bob = UserFactory()
+    batch.annotators.add(bob)
+    with pytest.raises(ValidationError):
+        services.start_prompt_task(bob, batch.pk, "Mine now", idempotency_key=key)

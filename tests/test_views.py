@@ -245,3 +245,14 @@ def test_pages_name_the_response_by_the_letter_shown_on_screen(client_alice, ali
     services.submit_comparison(alice, task.pk, services.LabelInput(chosen="B", strength="better"))
     html = client_alice.get(reverse("frontend:labels")).content.decode()
     assert "<td>A</td>" in html and "<td>B</td>" not in html
+
+
+def test_a_double_posted_prompt_form_makes_one_task(client_alice, batch):
+    from annotation.models import ComparisonTask
+
+    html = client_alice.get(reverse("frontend:prompt_form", args=[batch.pk]), **HTMX).content.decode()
+    key = re.search(r'name="idempotency_key" value="([0-9a-f-]+)"', html).group(1)
+    for _ in range(2):
+        client_alice.post(reverse("frontend:write_prompt", args=[batch.pk]),
+                          {"prompt": "Why is the sky blue?", "idempotency_key": key}, **HTMX)
+    assert ComparisonTask.objects.count() == 1
