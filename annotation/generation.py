@@ -97,7 +97,8 @@ def plan_slots(task: ComparisonTask) -> list[SlotPlan]:
     if batch.pair_sampling == "temperatures":
         ckpt_b = ckpt_a
     messages = tuple(
-        (t.role, t.content) for t in task.dialogue.turns.order_by("index")[: task.turn_index]
+        # .all() so that the turns prefetched for a whole claimed batch are used (one query, not one per task)
+        (t.role, t.content) for t in sorted(task.dialogue.turns.all(), key=lambda t: t.index)[: task.turn_index]
     )
     return [
         SlotPlan(task.pk, slot, ckpt, messages,
@@ -196,6 +197,7 @@ def sample_pairs(task_id: int) -> list[int]:
     tasks = list(
         ComparisonTask.objects.filter(pk__in=claimed)
         .select_related("batch", "batch__checkpoint_a", "batch__checkpoint_b", "dialogue")
+        .prefetch_related("dialogue__turns")
     )
     plans = [plan for task in tasks for plan in plan_slots(task)]
     try:
