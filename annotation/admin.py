@@ -1,8 +1,10 @@
 """Django admin for every annotation model: list filters (batch, focus, strength, safety category,
 annotator, date), search, and read-only label history."""
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 
+from annotation import checkpoints
 from annotation.models import (
     AnnotationBatch,
     Assignment,
@@ -10,6 +12,7 @@ from annotation.models import (
     ComparisonRevision,
     ComparisonTask,
     Dialogue,
+    PolicyCheckpoint,
     Prompt,
     Response,
     Turn,
@@ -119,3 +122,50 @@ class ComparisonRevisionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+# --- the checkpoint registry ---
+
+class PolicyCheckpointForm(forms.ModelForm):
+    class Meta:
+        model = PolicyCheckpoint
+        fields = ["name", "path", "role", "parent", "round", "base_model", "metrics", "is_current"]
+
+    def clean_path(self):
+        path = self.cleaned_data["path"].strip()
+        if path and (self.instance.pk is None or path != self.instance.path):
+            # Refuse a checkpoint that does not load now, not when a worker first samples from it.
+            try:
+                self.checkpoint_summary = checkpoints.check_checkpoint_path(path)
+            except forms.ValidationError as exc:
+                raise forms.ValidationError(exc.message_dict["path"]) from exc
+        return path
+
+
+@admin.register(PolicyCheckpoint)
+class PolicyCheckpointAdmin(admin.ModelAdmin):
+    form = PolicyCheckpointForm
+    list_display = ["name", "role", "is_current", "round", "parent", "path", "created_at"]
+    list_filter = ["role", "is_current", "round", "created_at"]
+    search_fields = ["name", "path", "base_model"]
+    actions = ["make_current"]
+
+    def save_model(self, request, obj, form, change):
+        summary = getattr(form, "checkpoint_summary", None)
+        if summary:
+            obj.metrics = {**(obj.metrics or {}), **summary}
+        want_current = obj.is_current
+        if want_current:
+            # Saved as it was first; set_current then moves the flag without breaking one-current-per-role.
+            obj.is_current = obj.pk is not None and PolicyCheckpoint.objects.filter(pk=obj.pk, is_current=True).exists()
+        super().save_model(request, obj, form, change)
+        if want_current:
+            checkpoints.set_current(obj.pk)
+
+    @admin.action(description="Make the selected checkpoint current for its role")
+    def make_current(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one checkpoint.", messages.ERROR)
+            return
+        checkpoint = checkpoints.set_current(queryset.get().pk)
+        self.message_user(request, f"{checkpoint.name} is now the current {checkpoint.get_role_display()}.")

@@ -26,11 +26,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from annotation.models import ComparisonTask, Response
+from annotation.models import ComparisonTask, PolicyCheckpoint, Response
+from annotation.selectors import current_policy
+from annotation.services.enqueue import enqueue_generation
 from models_core.generation import PromptTooLong
 from models_core.sampling import SamplingParams
-from rlhf.models import PolicyCheckpoint
-from rlhf.selectors import current_policy
 
 logger = logging.getLogger(__name__)
 
@@ -221,11 +221,7 @@ def _retry_or_fail(task_id: int, error: str, attempt: int) -> None:
         record_failure(task_id, f"Failed after {attempt} attempts: {error}", final=True)
         return
     record_failure(task_id, f"Attempt {attempt} of {limit + 1} failed ({error}); retrying.", final=False)
-    from celery import current_app
-
-    from annotation.services import GENERATE_TASK
-
-    current_app.send_task(GENERATE_TASK, args=[task_id], countdown=min(60, 2 ** (attempt - 1)))
+    enqueue_generation([task_id], countdown=min(60, 2 ** (attempt - 1)))
 
 
 def store_pairs(plans: list[SlotPlan], results: dict, names: dict) -> list[int]:

@@ -7,7 +7,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import Http404
 
-from annotation.models import AnnotationBatch, Assignment, Comparison, ComparisonTask
+from annotation.models import AnnotationBatch, Assignment, Comparison, ComparisonTask, PolicyCheckpoint
 
 
 def batches_for_annotator(user: AbstractBaseUser) -> QuerySet[AnnotationBatch]:
@@ -94,3 +94,7 @@ def current_assignment(user: AbstractBaseUser, task: ComparisonTask) -> Assignme
         .order_by("-leased_at")
         .first()
     )
+
+
+def current_policy() -> PolicyCheckpoint | None:
+    return PolicyCheckpoint.objects.filter(role=PolicyCheckpoint.Role.POLICY, is_current=True).first()

@@ -6,12 +6,12 @@ from annotation.models import (
     Comparison,
     ComparisonTask,
     Dialogue,
+    PolicyCheckpoint,
     PreferenceStrength,
     Prompt,
     Response,
     Turn,
 )
-from rlhf.models import PolicyCheckpoint
 
 
 class TurnSerializer(serializers.ModelSerializer):

@@ -19,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from annotation import imports, selectors, services
-from annotation.models import AnnotationBatch, Comparison, Dialogue, Focus, Prompt
+from annotation.models import AnnotationBatch, Comparison, Dialogue, Focus, PolicyCheckpoint, Prompt
 from annotation.models import Response as ModelResponse
 from api import filters
 from api.errors import error_response
@@ -37,7 +37,6 @@ from api.serializers import (
     TaskSerializer,
 )
 from rlhf import exports
-from rlhf.models import PolicyCheckpoint
 
 ERROR = inline_serializer("Error", {"error": inline_serializer("ErrorBody", {
     "status": serializers.IntegerField(), "code": serializers.CharField(), "detail": serializers.CharField(),

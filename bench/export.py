@@ -108,12 +108,12 @@ def seed(rows: int, response_chars: int) -> tuple[list[int], float]:
     from django.contrib.auth import get_user_model
     from django.db import connection
 
+    from annotation import checkpoints as registry
     from annotation.models import AnnotationBatch, Focus
-    from rlhf import services as rlhf_services
     from tests.factories import bulk_comparisons
 
     user = get_user_model().objects.create_user("bench", password="x")
-    checkpoints = tuple(rlhf_services.register_checkpoint(name=name, path="") for name in ("sft-v0", "rlhf-v1"))
+    checkpoints = tuple(registry.register_checkpoint(name=name, path="") for name in ("sft-v0", "rlhf-v1"))
     started = time.perf_counter()
     small = AnnotationBatch.objects.create(name="bench tenth", focus=Focus.HELPFULNESS, heldout_count=1000)
     rest = AnnotationBatch.objects.create(name="bench rest", focus=Focus.HELPFULNESS, heldout_count=1000)

@@ -140,8 +140,8 @@ def main() -> int:
     from django.db import connection
     from django.test.utils import setup_test_environment
 
+    from annotation import checkpoints
     from annotation.models import AnnotationBatch, Focus, PairSampling
-    from rlhf import services as rlhf_services
     from tests.conftest import start_worker, stop_worker
 
     setup_test_environment()
@@ -156,7 +156,7 @@ def main() -> int:
         from django.contrib.auth import get_user_model
 
         user = get_user_model().objects.create_user("bench", password="x")
-        checkpoint = rlhf_services.register_checkpoint(name="bench-policy", path=path, make_current=True)
+        checkpoint = checkpoints.register_checkpoint(name="bench-policy", path=path, make_current=True)
         batch = AnnotationBatch.objects.create(
             name="bench", focus=Focus.HELPFULNESS, pair_sampling=PairSampling.TEMPERATURES,
             temperatures=temperatures, top_p=0.9, max_new_tokens=args.new_tokens, checkpoint_a=checkpoint,

@@ -119,25 +119,51 @@ def _manage(*args: str) -> None:
     subprocess.run([PY, "manage.py", *args], cwd=ROOT, check=True)
 
 
+def worker_command(queue: str, *, beat_schedule: Path | None = None) -> list[str]:
+    """One Celery worker process for one queue (with beat on the default queue's worker)."""
+    command = [PY, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queue, "--concurrency", "1",
+               "--hostname", f"{queue}@%h", "--loglevel", "INFO"]
+    if beat_schedule is not None:
+        command += ["--beat", "--schedule", str(beat_schedule)]
+    return command
+
+
+def worker_commands(beat_schedule: Path) -> list[list[str]]:
+    """A worker per queue, so that sampling never waits behind training, nor lease expiry behind sampling."""
+    from workers.queues import Queue  # plain enum, no Django
+
+    return [worker_command(queue.value, beat_schedule=beat_schedule if queue is Queue.DEFAULT else None)
+            for queue in Queue]
+
+
+def start_workers(beat_schedule: Path) -> list[subprocess.Popen]:
+    return [subprocess.Popen(command, cwd=ROOT) for command in worker_commands(beat_schedule)]
+
+
+def stop_workers(workers: list[subprocess.Popen]) -> None:
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
 def run(port: int) -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
     ensure_services(ROOT / ".local")
     _manage("migrate", "--noinput", "-v", "0")
     _manage("bootstrap_policy")  # once: later runs find sft-v0 registered
     _manage("seed_demo")
-    worker = subprocess.Popen(
-        [PY, "-m", "celery", "-A", "workers.celery_app", "worker", "--beat", "-Q", "default,sampling",
-         "--concurrency", "1", "--loglevel", "INFO", "--schedule", str(ROOT / ".local" / "celerybeat-schedule")],
-        cwd=ROOT,
-    )
+    workers = start_workers(ROOT / ".local" / "celerybeat-schedule")
     print(f"Serving Ladder at http://127.0.0.1:{port} (Ctrl-C stops it; the data stays in .local/)")
     try:
         return subprocess.run([PY, "manage.py", "runserver", f"127.0.0.1:{port}"], cwd=ROOT).returncode
     except KeyboardInterrupt:
         return 0
     finally:
-        worker.terminate()
-        worker.wait(timeout=20)
+        stop_workers(workers)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from annotation import services
-from rlhf.models import PolicyCheckpoint
+from annotation.models import PolicyCheckpoint
 from tests.factories import BatchFactory, UserFactory, make_pairs
 
 pytestmark = pytest.mark.django_db

@@ -4,9 +4,8 @@ import pytest
 from django.core.management import call_command
 
 from annotation import generation, services
-from annotation.models import ComparisonTask
+from annotation.models import ComparisonTask, PolicyCheckpoint
 from models_core.loading import validate_checkpoint
-from rlhf.models import PolicyCheckpoint
 from tests.factories import BatchFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

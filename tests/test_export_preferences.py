@@ -17,10 +17,9 @@ from django.db import connection
 from django.http import QueryDict
 from django.utils import timezone
 
-from annotation import generation, services
+from annotation import checkpoints, generation, services
 from annotation.models import AnnotationBatch, Comparison, Focus, Response
 from rlhf import exports
-from rlhf import services as rlhf_services
 from rlhf.exports import ExportOptions
 from tests.factories import BatchFactory, UserFactory, bulk_comparisons, make_pairs
 
@@ -52,8 +51,8 @@ def import_rows(batch, source, chosen):
 def data():
     """Helpfulness (5 labels, one multi-turn), safety (4 labels, one flagged) and imported rows."""
     alice, bob = UserFactory(), UserFactory()
-    sft = rlhf_services.register_checkpoint(name="sft-v0", path="")
-    rlhf_v1 = rlhf_services.register_checkpoint(name="rlhf-v1", path="")
+    sft = checkpoints.register_checkpoint(name="sft-v0", path="")
+    rlhf_v1 = checkpoints.register_checkpoint(name="rlhf-v1", path="")
 
     helpfulness = BatchFactory(name="Week 1 helpfulness", annotators=[alice], heldout_count=2)
     tasks = make_pairs(helpfulness, 4) + make_pairs(helpfulness, 1, turns=MULTI_TURN)
@@ -244,7 +243,7 @@ def test_a_failed_fetch_is_raised_in_the_exporting_thread():
                 raise ConnectionError("server closed the connection")
             return [("row",)] * size
 
-    blocks = exports._fetch_ahead(CursorThatFailsSecond(), 3)
+    blocks = exports.fetch_ahead(CursorThatFailsSecond(), 3)
     assert next(blocks) == [("row",)] * 3
     with pytest.raises(ConnectionError, match="server closed the connection"):
         next(blocks)

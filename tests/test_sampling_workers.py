@@ -8,11 +8,9 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from annotation import generation, services
-from annotation.models import ComparisonTask, Focus, PairSampling, Response
+from annotation import checkpoints, generation, services
+from annotation.models import ComparisonTask, Focus, PairSampling, PolicyCheckpoint, Response
 from models_core.sampling import DeterministicDemoSampler
-from rlhf import services as rlhf_services
-from rlhf.models import PolicyCheckpoint
 from tests.conftest import start_worker, stop_worker
 from tests.factories import BatchFactory, UserFactory
 
@@ -30,7 +28,7 @@ def _wait_for(predicate, seconds=90):
 
 @pytest.fixture
 def policy(tiny_policy_dir):
-    return rlhf_services.register_checkpoint(name="sft-v0", path=str(tiny_policy_dir), make_current=True)
+    return checkpoints.register_checkpoint(name="sft-v0", path=str(tiny_policy_dir), make_current=True)
 
 
 @pytest.fixture
@@ -41,19 +39,19 @@ def alice():
 @pytest.mark.django_db
 def test_a_checkpoint_path_that_does_not_load_is_refused_at_registration(tmp_path):
     with pytest.raises(ValidationError) as exc:
-        rlhf_services.register_checkpoint(name="broken", path=str(tmp_path / "nowhere"))
+        checkpoints.register_checkpoint(name="broken", path=str(tmp_path / "nowhere"))
     assert "nowhere" in str(exc.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValidationError):
-        rlhf_services.register_checkpoint(name="broken", path=str(tmp_path / "empty"))
+        checkpoints.register_checkpoint(name="broken", path=str(tmp_path / "empty"))
     assert PolicyCheckpoint.objects.count() == 0
 
 
 @pytest.mark.django_db
 def test_registration_records_the_checkpoint_shape_and_only_one_policy_is_current(tiny_policy_dir):
-    first = rlhf_services.register_checkpoint(name="sft-v0", path=str(tiny_policy_dir), make_current=True)
+    first = checkpoints.register_checkpoint(name="sft-v0", path=str(tiny_policy_dir), make_current=True)
     assert first.metrics["context_length"] == 256 and first.metrics["architecture"] == "LlamaForCausalLM"
-    second = rlhf_services.register_checkpoint(name="rlhf-v1", path=str(tiny_policy_dir), parent=first, round=1,
+    second = checkpoints.register_checkpoint(name="rlhf-v1", path=str(tiny_policy_dir), parent=first, round=1,
                                                make_current=True)
     first.refresh_from_db()
     assert second.is_current and not first.is_current
@@ -61,7 +59,7 @@ def test_registration_records_the_checkpoint_shape_and_only_one_policy_is_curren
 
 @pytest.mark.django_db
 def test_admin_refuses_a_bad_path_and_sets_the_current_policy(admin_client, tiny_policy_dir, tmp_path):
-    url = reverse("admin:rlhf_policycheckpoint_add")
+    url = reverse("admin:annotation_policycheckpoint_add")
     r = admin_client.post(url, {"name": "bad", "path": str(tmp_path / "missing"), "role": "policy", "metrics": "{}"})
     assert r.status_code == 200 and "missing" in r.content.decode()
     assert not PolicyCheckpoint.objects.exists()
@@ -69,7 +67,7 @@ def test_admin_refuses_a_bad_path_and_sets_the_current_policy(admin_client, tiny
     assert r.status_code == 302
     good = PolicyCheckpoint.objects.get(name="good")
     assert good.metrics["vocab_size"] == 512
-    r = admin_client.post(reverse("admin:rlhf_policycheckpoint_changelist"),
+    r = admin_client.post(reverse("admin:annotation_policycheckpoint_changelist"),
                           {"action": "make_current", "_selected_action": [good.pk]})
     good.refresh_from_db()
     assert good.is_current
@@ -90,7 +88,7 @@ def test_pairs_use_two_temperatures_of_the_current_policy_and_store_their_metada
 
 @pytest.mark.django_db
 def test_checkpoint_pairs_sample_the_current_and_the_previous_policy(alice, tiny_policy_dir, policy):
-    newer = rlhf_services.register_checkpoint(name="rlhf-v1", path=str(tiny_policy_dir), parent=policy, round=1,
+    newer = checkpoints.register_checkpoint(name="rlhf-v1", path=str(tiny_policy_dir), parent=policy, round=1,
                                               make_current=True)
     batch = BatchFactory(annotators=[alice], pair_sampling=PairSampling.CHECKPOINTS, max_new_tokens=8)
     task = services.start_prompt_task(alice, batch.pk, "Name a river")
@@ -211,7 +209,7 @@ def test_add_prompts_is_all_or_nothing():
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_mid_task_loses_and_duplicates_nothing(tiny_policy_dir):
-    rlhf_services.register_checkpoint(name="sft-v0", path=str(tiny_policy_dir), make_current=True)
+    checkpoints.register_checkpoint(name="sft-v0", path=str(tiny_policy_dir), make_current=True)
     alice = UserFactory()
     batch = BatchFactory(annotators=[alice], max_new_tokens=200, focus=Focus.HELPFULNESS)
     env = {"LADDER_SAMPLING_CLAIM_SECONDS": "4", "CELERY_VISIBILITY_TIMEOUT": "30"}

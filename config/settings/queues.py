@@ -1,23 +1,20 @@
 """Celery: Redis broker, queue routing and the periodic schedule.
 
-Queue names live in ``workers.queues.Queue``; here they are only routed. Sampling and training never
-share a queue with web-side housekeeping.
+Queue names and routes live in ``workers.queues`` (the one place they come from). Sampling and training
+never share a queue with web-side housekeeping.
 """
 
 from config.env import env_bool, env_int
 from config.settings.database import REDIS_URL
+from workers.queues import Queue, celery_routes
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {
-    "workers.tasks.generate_task_responses": {"queue": "sampling"},
-    "workers.tasks.expire_leases": {"queue": "default"},
-    "workers.tasks.refill_queues": {"queue": "default"},
-}
+CELERY_TASK_DEFAULT_QUEUE = Queue.DEFAULT.value
+CELERY_TASK_ROUTES = celery_routes()
 # A task taken by a worker that dies is redelivered after this many seconds (Redis visibility timeout).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=30)}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -11,10 +11,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from tqdm import tqdm
 
+from annotation import checkpoints
+from annotation.models import PolicyCheckpoint
 from models_core.chat_format import format_llama2_chat
 from models_core.tiny_llama import build_tiny_llama, train_causal_lm
-from rlhf import services
-from rlhf.models import PolicyCheckpoint
 
 DATA = Path(settings.BASE_DIR) / "annotation" / "demo_data"
 
@@ -78,12 +78,12 @@ class Command(BaseCommand):
         with transaction.atomic():
             if existing:
                 # Responses keep pointing at this registry entry; the rebuilt weights replace the old ones.
-                summary = services.check_checkpoint_path(str(out))
+                summary = checkpoints.check_checkpoint_path(str(out))
                 existing.path, existing.metrics = str(out), {**summary, **metrics}
                 existing.save(update_fields=["path", "metrics"])
-                checkpoint = services.set_current(existing.pk)
+                checkpoint = checkpoints.set_current(existing.pk)
             else:
-                checkpoint = services.register_checkpoint(
+                checkpoint = checkpoints.register_checkpoint(
                     name=name, path=str(out), base_model="tiny Llama (bootstrap_policy)", metrics=metrics,
                     make_current=True,
                 )

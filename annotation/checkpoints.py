@@ -1,4 +1,4 @@
-"""Writes to the checkpoint registry. A path is validated when it is registered (it must load), never
+"""The checkpoint registry: writes. A path is validated when it is registered (it must load), never
 first at sampling time."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from rlhf.models import PolicyCheckpoint
+from annotation.models import PolicyCheckpoint
 
 
 def check_checkpoint_path(path: str) -> dict:

@@ -1,0 +1,47 @@
+"""Every write to the preference data goes through here.
+
+Each service validates, authorises, writes inside ``transaction.atomic()`` and schedules side effects
+(Celery tasks) with ``transaction.on_commit``. Views, API serializers and tasks call these; they never
+``.save()`` domain models themselves. One module per job:
+
+* ``assignment``: leasing the next pair, skipping, lease expiry;
+* ``labels``: submitting and revising comparisons;
+* ``dialogues``: prompt mode and multi-turn continuation;
+* ``pool``: queue-mode pairs, prompt pools and refills;
+* ``enqueue``: sending sampling jobs to the workers.
+"""
+
+from annotation.services.assignment import LeaseExpired, claim_next_task, expire_leases, skip_task
+from annotation.services.dialogues import continue_dialogue, retry_generation, start_prompt_task
+from annotation.services.enqueue import GENERATE_TASK, enqueue_generation
+from annotation.services.labels import LabelInput, SubmitResult, revise_comparison, submit_comparison
+from annotation.services.pool import (
+    PairInput,
+    add_prompts,
+    create_queue_pairs,
+    refill_all_queues,
+    refill_queue,
+    requeue_stalled_generation,
+)
+
+__all__ = [
+    "GENERATE_TASK",
+    "LabelInput",
+    "LeaseExpired",
+    "PairInput",
+    "SubmitResult",
+    "add_prompts",
+    "claim_next_task",
+    "continue_dialogue",
+    "create_queue_pairs",
+    "enqueue_generation",
+    "expire_leases",
+    "refill_all_queues",
+    "refill_queue",
+    "requeue_stalled_generation",
+    "retry_generation",
+    "revise_comparison",
+    "skip_task",
+    "start_prompt_task",
+    "submit_comparison",
+]

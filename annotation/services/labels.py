@@ -1,0 +1,163 @@
+"""Labels: submitting a comparison (idempotent) and revising it, with its history kept."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from annotation import selectors
+from annotation.models import (
+    AnnotationBatch,
+    Assignment,
+    Comparison,
+    ComparisonRevision,
+    ComparisonTask,
+    PreferenceStrength,
+    SafetyCategory,
+    Turn,
+)
+from annotation.services.assignment import LeaseExpired
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelInput:
+    chosen: str | None
+    strength: str | None
+    response_a_safe: bool | None = None
+    response_b_safe: bool | None = None
+    note: str = ""
+
+
+def _validate_label(batch: AnnotationBatch, label: LabelInput) -> str:
+    """Check a label against the batch's rules; return its safety category ('' off safety batches)."""
+    errors: dict[str, str] = {}
+    if label.chosen not in Comparison.Choice.values:
+        errors["chosen"] = "Choose response A or B."
+    if label.strength not in PreferenceStrength.values:
+        errors["strength"] = "Say how much better the chosen response is (keys 1 to 4)."
+    if "\x00" in label.note:
+        errors["note"] = "The note contains a NUL character."
+    if len(label.note) > settings.LADDER_NOTE_MAX_CHARS:
+        errors["note"] = f"Keep the note under {settings.LADDER_NOTE_MAX_CHARS} characters."
+    category = ""
+    if batch.is_safety:
+        if label.response_a_safe is None or label.response_b_safe is None:
+            errors["safety"] = "Label each response safe or unsafe (S / U) in a safety batch."
+        elif "chosen" not in errors:
+            a_safe, b_safe = label.response_a_safe, label.response_b_safe
+            chosen_safe, rejected_safe = (a_safe, b_safe) if label.chosen == "A" else (b_safe, a_safe)
+            category = SafetyCategory.from_labels(chosen_safe, rejected_safe)
+    elif label.response_a_safe is not None or label.response_b_safe is not None:
+        errors["safety"] = "Safety labels belong to safety batches only."
+    if errors:
+        raise ValidationError(errors)
+    return category
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    comparison: Comparison
+    created: bool
+
+
+def submit_comparison(
+    user: AbstractBaseUser, task_id: int, label: LabelInput, *, idempotency_key: uuid.UUID | None = None
+) -> SubmitResult:
+    """Record the annotator's label. Replays (double clicks, retried requests) return the first label."""
+    with transaction.atomic():
+        # The task row lock serialises two submits of the same task by the same person.
+        task = selectors.get_task_for_annotator(user, task_id, for_update=True)
+        existing = Comparison.objects.filter(task=task, annotator=user).first()
+        if existing is not None:
+            return SubmitResult(existing, created=False)
+        if idempotency_key is not None and Comparison.objects.filter(idempotency_key=idempotency_key).exists():
+            # The key names another submission (another task, or someone else's): not a replay of this one.
+            raise ValidationError({"idempotency_key": "This idempotency key was already used for another submission."})
+        if task.batch.status == AnnotationBatch.Status.CLOSED:
+            raise ValidationError({"task": "This batch is closed; labels can no longer be added."})
+        if task.status != ComparisonTask.Status.READY:
+            raise ValidationError({"task": "This task's responses are not ready yet."})
+        category = _validate_label(task.batch, label)
+        now = timezone.now()
+        assignment = selectors.current_assignment(user, task)
+        lease_lapsed = task.owner_id != user.pk and (assignment is None or assignment.expires_at <= now)
+        if lease_lapsed:
+            if assignment is not None:
+                # Committed before raising: the lease is over whatever the caller does next.
+                assignment.status = Assignment.Status.EXPIRED
+                assignment.save(update_fields=["status"])
+        else:
+            try:
+                with transaction.atomic():
+                    comparison = _record_label(user, task, label, category, assignment, now, idempotency_key)
+            except IntegrityError:
+                # A concurrent submit with the same key (for another task) won the unique constraint.
+                raise ValidationError(
+                    {"idempotency_key": "This idempotency key was already used for another submission."}
+                ) from None
+            return SubmitResult(comparison, True)
+    raise LeaseExpired(task.pk)
+
+
+def _record_label(user, task, label, category, assignment, now, idempotency_key) -> Comparison:
+    """Write the comparison and close the lease (inside the caller's transaction)."""
+    comparison = Comparison.objects.create(
+        task=task,
+        annotator=user,
+        chosen=label.chosen,
+        strength=label.strength,
+        response_a_safe=label.response_a_safe,
+        response_b_safe=label.response_b_safe,
+        safety_category=category,
+        note=label.note.strip(),
+        time_on_task=now - (assignment.leased_at if assignment else task.created_at),
+        idempotency_key=idempotency_key,
+    )
+    if assignment is not None:
+        assignment.status = Assignment.Status.SUBMITTED
+        assignment.save(update_fields=["status"])
+    return comparison
+
+
+def revise_comparison(user: AbstractBaseUser, comparison_id: int, label: LabelInput) -> Comparison:
+    """Change one's own label after submitting; the previous version is kept as a revision."""
+    with transaction.atomic():
+        comparison = selectors.get_comparison_for_annotator(user, comparison_id)
+        comparison = Comparison.objects.select_for_update().get(pk=comparison.pk)
+        if comparison.task.batch.status == AnnotationBatch.Status.CLOSED:
+            raise ValidationError({"task": "This batch is closed; its labels can no longer be changed."})
+        category = _validate_label(comparison.task.batch, label)
+        if label.chosen != comparison.chosen and Turn.objects.filter(
+            from_response=comparison.chosen_response
+        ).exists():
+            # The chosen response is already the assistant turn of a continued dialogue; flipping the choice
+            # would leave that dialogue built on the rejected response.
+            raise ValidationError({"chosen": "You continued the dialogue from this choice, so it cannot change; "
+                                             "strength, safety labels and the note still can."})
+        ComparisonRevision.objects.create(
+            comparison=comparison,
+            chosen=comparison.chosen,
+            strength=comparison.strength,
+            response_a_safe=comparison.response_a_safe,
+            response_b_safe=comparison.response_b_safe,
+            safety_category=comparison.safety_category,
+            note=comparison.note,
+            changed_by=user,
+        )
+        comparison.chosen = label.chosen
+        comparison.strength = label.strength
+        comparison.response_a_safe = label.response_a_safe
+        comparison.response_b_safe = label.response_b_safe
+        comparison.safety_category = category
+        comparison.note = label.note.strip()
+        comparison.save()
+        return comparison

@@ -1,0 +1,145 @@
+"""Queue-mode pairs: seeding and imported pairs, a batch's prompt pool, and the refills that keep each open
+batch stocked with unlabelled pairs."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+
+from annotation.models import (
+    AnnotationBatch,
+    ComparisonTask,
+    Dialogue,
+    Prompt,
+    Response,
+    Turn,
+)
+from annotation.services.dialogues import validate_prompt
+from annotation.services.enqueue import enqueue_generation
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PairInput:
+    """A dialogue prefix (alternating user/assistant, ending with a user turn) and two final responses."""
+
+    turns: list[tuple[str, str]]
+    response_a: str
+    response_b: str
+    source: str
+    is_safety: bool = False
+    risk_category: str = ""
+    generator_a: str = ""
+    generator_b: str = ""
+
+
+def create_queue_pairs(batch: AnnotationBatch, pairs: list[PairInput], *, seed: int = 0) -> list[ComparisonTask]:
+    """Create ready-to-label tasks from existing response pairs, all or nothing."""
+    rng = random.Random(seed)
+    created = []
+    with transaction.atomic():
+        for n, pair in enumerate(pairs, start=1):
+            if not pair.turns or pair.turns[-1][0] != Turn.Role.USER:
+                raise ValidationError(f"Pair {n}: the dialogue must end with a user turn.")
+            if not pair.response_a.strip() or not pair.response_b.strip():
+                raise ValidationError(f"Pair {n}: both responses need text.")
+            dialogue = Dialogue.objects.create(
+                batch=batch, source=pair.source, is_safety=pair.is_safety, risk_category=pair.risk_category
+            )
+            Turn.objects.bulk_create(
+                Turn(dialogue=dialogue, index=i, role=role, content=content)
+                for i, (role, content) in enumerate(pair.turns)
+            )
+            k = len(pair.turns)
+            a = Response.objects.create(dialogue=dialogue, turn_index=k, slot="A", text=pair.response_a,
+                                        generator=pair.generator_a or pair.source)
+            b = Response.objects.create(dialogue=dialogue, turn_index=k, slot="B", text=pair.response_b,
+                                        generator=pair.generator_b or pair.source)
+            try:
+                created.append(ComparisonTask.objects.create(
+                    batch=batch, dialogue=dialogue, turn_index=k, response_a=a, response_b=b,
+                    shown_order=rng.choice(ComparisonTask.Order.values), status=ComparisonTask.Status.READY,
+                ))
+            except IntegrityError as exc:
+                raise ValidationError(f"Pair {n}: {exc}") from exc
+    return created
+
+
+def add_prompts(batch: AnnotationBatch, prompts: list[dict], *, source: str) -> list[Prompt]:
+    """Add prompts to a batch's pool, all or nothing. Each is {"messages": [...], "category": ...}."""
+    rows = []
+    for n, item in enumerate(prompts, start=1):
+        messages = item.get("messages") or []
+        if not messages or messages[-1].get("role") != Turn.Role.USER:
+            raise ValidationError(f"Prompt {n}: the messages must end with a user turn.")
+        for m in messages:
+            validate_prompt(m.get("content", ""))
+        rows.append(Prompt(batch=batch, messages=messages, category=item.get("category", ""),
+                           is_safety=item.get("is_safety", batch.is_safety),
+                           risk_category=item.get("risk_category", ""), source=source,
+                           content_hash=Prompt.hash_messages(messages)))
+    with transaction.atomic():
+        # A prompt already in the pool (same messages) is skipped, so re-adding a file adds nothing.
+        return Prompt.objects.bulk_create(rows, ignore_conflicts=True)
+
+
+def refill_queue(batch_id: int, *, enqueue: bool = True) -> list[ComparisonTask]:
+    """Keep at least ``batch.min_ready_pairs`` unlabelled queue pairs ready or on their way, turning
+    unused pool prompts into tasks. The batch row lock keeps two refills from overshooting."""
+    with transaction.atomic():
+        batch = AnnotationBatch.objects.select_for_update().get(pk=batch_id)
+        if batch.status != AnnotationBatch.Status.OPEN:
+            return []
+        pending = (
+            ComparisonTask.objects.filter(batch=batch, owner__isnull=True,
+                                          status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.GENERATING])
+            .annotate(n=models.Count("comparisons")).filter(n__lt=batch.overlap).count()
+        )
+        missing = batch.min_ready_pairs - pending
+        if missing <= 0:
+            return []
+        prompts = list(Prompt.objects.filter(batch=batch).exclude(dialogues__batch=batch).order_by("id")[:missing])
+        tasks = []
+        for prompt in prompts:
+            dialogue = Dialogue.objects.create(batch=batch, source=prompt.source, is_safety=prompt.is_safety,
+                                               risk_category=prompt.risk_category, prompt=prompt)
+            Turn.objects.bulk_create(
+                Turn(dialogue=dialogue, index=i, role=m["role"], content=m["content"])
+                for i, m in enumerate(prompt.messages)
+            )
+            tasks.append(ComparisonTask.objects.create(
+                batch=batch, dialogue=dialogue, turn_index=len(prompt.messages),
+                status=ComparisonTask.Status.GENERATING, shown_order=random.choice(ComparisonTask.Order.values),
+            ))
+        if enqueue:
+            ids = [t.pk for t in tasks]
+            transaction.on_commit(lambda: enqueue_generation(ids))
+        return tasks
+
+
+def requeue_stalled_generation(older_than_seconds: int = 300) -> int:
+    """Send again the tasks whose sampling job was lost (a broker flushed, a claim that lapsed)."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    stalled = list(
+        ComparisonTask.objects.filter(status=ComparisonTask.Status.GENERATING, created_at__lt=cutoff)
+        .filter(models.Q(sampling_claimed_until__isnull=True) | models.Q(sampling_claimed_until__lt=timezone.now()))
+        .values_list("pk", flat=True)[:500]
+    )
+    enqueue_generation(stalled)
+    return len(stalled)
+
+
+def refill_all_queues() -> dict[int, int]:
+    created = {}
+    for batch_id in AnnotationBatch.objects.filter(status=AnnotationBatch.Status.OPEN,
+                                                   prompts__isnull=False).distinct().values_list("pk", flat=True):
+        created[batch_id] = len(refill_queue(batch_id))
+    requeue_stalled_generation()
+    return created
