@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.middleware import HtmxDetails
 
@@ -308,19 +309,25 @@ def review(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
                                                     "Comparison": Comparison})
 
 
+NEW_TOKEN_SESSION_KEY = "ladder_new_api_token"
+
+
 @login_required
+@never_cache
 def api_tokens(request: HtmxHttpRequest) -> HttpResponse:
-    """Create and revoke one's own API tokens; a new token is shown once."""
+    """Create and revoke one's own API tokens. A new token is shown once: the POST keeps it in the session
+    and redirects, and the GET that follows takes it out, so reloading the page neither shows it again nor
+    creates another token."""
     from api import tokens
 
-    new_token = None
     if request.method == "POST":
         if request.POST.get("action") == "create":
-            _, new_token = tokens.create_token(request.user)
+            _, request.session[NEW_TOKEN_SESSION_KEY] = tokens.create_token(request.user)
         elif request.POST.get("action") == "revoke":
             if tokens.revoke_token(request.user, request.POST.get("token_key", "")):
                 messages.success(request, "Token revoked.")
             else:
                 messages.warning(request, "No such token.")
-            return redirect("frontend:tokens")
+        return redirect("frontend:tokens")
+    new_token = request.session.pop(NEW_TOKEN_SESSION_KEY, None)
     return render(request, "frontend/tokens.html", {"tokens": tokens.tokens_of(request.user), "new_token": new_token})

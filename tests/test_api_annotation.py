@@ -1,5 +1,6 @@
 """Scripted annotators through the REST API, with API tokens."""
 
+import re
 import uuid
 
 import pytest
@@ -123,11 +124,28 @@ def test_the_schema_is_generated_and_valid_and_the_docs_use_local_assets(client)
 def test_the_ui_creates_and_revokes_tokens(client):
     alice = UserFactory()
     client.force_login(alice)
-    html = client.post("/tokens/", {"action": "create"}).content.decode()
+    html = client.post("/tokens/", {"action": "create"}, follow=True).content.decode()
     token = AuthToken.objects.get(user=alice)
     assert "ladder_" in html and token.token_key in html
     client.post("/tokens/", {"action": "revoke", "token_key": token.token_key})
     assert not AuthToken.objects.filter(user=alice).exists()
+
+
+def test_reloading_the_tokens_page_after_creating_one_neither_shows_it_again_nor_creates_another(client):
+    alice = UserFactory()
+    client.force_login(alice)
+    created = client.post("/tokens/", {"action": "create"})
+    assert created.status_code == 302 and created["Location"] == "/tokens/"
+    shown = client.get("/tokens/")
+    token_text = re.search(r'<code id="new-token">(ladder_[^<]+)</code>', shown.content.decode()).group(1)
+    assert "no-store" in shown["Cache-Control"]
+    reloaded = client.get("/tokens/").content.decode()
+    assert token_text not in reloaded and 'id="new-token"' not in reloaded
+    assert AuthToken.objects.filter(user=alice).count() == 1
+    # The token shown once is the one stored (knox keeps only its hash).
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token_text}")
+    assert api.get("/api/v1/batches/").status_code == 200
 
 
 def test_draft_batches_are_hidden_from_annotators_in_the_api():
