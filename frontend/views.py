@@ -296,7 +296,11 @@ def edit_label(request: HtmxHttpRequest, comparison_id: int) -> HttpResponse:
         "note": comparison.note,
     }
     context = _task_context(task, errors=errors, values=values)
-    context.update({"comparison": comparison, "revisions": comparison.revisions.all()})
+    # The saved choice, not the posted one: a refused flip shows the saved choice again.
+    context.update({"comparison": comparison, "revisions": selectors.label_history(comparison),
+                    "choice_fixed": selectors.was_continued(comparison)})
+    if context["choice_fixed"]:
+        context["values"] = {**values.dict(), "chosen": comparison.chosen} if errors else values
     return render(request, "frontend/edit_label.html", context)
 
 

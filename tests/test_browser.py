@@ -205,3 +205,61 @@ def test_guidelines_open_with_one_key(page, live_server):
     expect(dialog).to_be_visible()
     page.keyboard.press("g")
     expect(dialog).to_be_hidden()
+
+
+def test_the_change_label_page_takes_the_same_keys_as_the_workspace(page, live_server):
+    from annotation import services
+
+    user = UserFactory()
+    batch = BatchFactory(focus=Focus.SAFETY, annotators=[user])
+    task = make_pairs(batch, 1)[0]
+    services.claim_next_task(user, batch.pk)
+    comparison = services.submit_comparison(user, task.pk, services.LabelInput(
+        chosen="A", strength="better", response_a_safe=True, response_b_safe=True)).comparison
+    log_in(page, live_server, user)
+    page.goto(f"{live_server.url}/labels/{comparison.pk}/")
+    expect(page.locator("#key-help")).to_contain_text("choose")
+
+    left, right = slot_shown_as(page, "a"), slot_shown_as(page, "b")
+    for key in ["b", "3", "u", "s"]:
+        page.keyboard.press(key)
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{live_server.url}/labels/")
+    expect(page.locator(".messages")).to_contain_text("Label changed")
+
+    comparison.refresh_from_db()
+    assert comparison.chosen == right
+    assert comparison.strength == PreferenceStrength.SLIGHTLY_BETTER
+    safe_by_slot = {"A": comparison.response_a_safe, "B": comparison.response_b_safe}
+    assert (safe_by_slot[left], safe_by_slot[right]) == (False, True)
+    assert comparison.revisions.count() == 1
+
+
+def test_a_fixed_choice_is_shown_disabled_and_its_key_does_nothing(page, live_server):
+    from annotation import generation, services
+
+    user = UserFactory()
+    batch = BatchFactory(annotators=[user])
+    task = services.start_prompt_task(user, batch.pk, "Plan a picnic")
+    generation.sample_pairs(task.pk)
+    result = services.submit_comparison(user, task.pk, services.LabelInput(chosen="A", strength="better"))
+    comparison = result.comparison
+    services.continue_dialogue(user, comparison.pk, "For ten people")
+    log_in(page, live_server, user)
+    page.goto(f"{live_server.url}/labels/{comparison.pk}/")
+
+    kept = page.locator('#label-form input[name="chosen"][value="A"]')
+    other = page.locator('#label-form input[name="chosen"][value="B"]')
+    expect(other).to_be_disabled()
+    expect(kept).to_be_checked()
+    expect(page.locator("#choice-fixed")).to_contain_text("You continued the dialogue from response")
+    other_key = other.get_attribute("data-key")
+    page.keyboard.press(other_key)
+    page.keyboard.press("4")
+    expect(kept).to_be_checked()
+    expect(other).not_to_be_checked()
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{live_server.url}/labels/")
+
+    comparison.refresh_from_db()
+    assert (comparison.chosen, comparison.strength) == ("A", PreferenceStrength.NEGLIGIBLY_BETTER)
