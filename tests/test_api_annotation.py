@@ -67,8 +67,44 @@ def test_bad_submits_are_400_with_the_field_and_write_nothing():
     r = client.post(f"/api/v1/tasks/{task['id']}/comparison/", {"chosen": "A"}, format="json")
     assert r.status_code == 400 and "strength" in r.json()["error"]["fields"]
     r = client.post(f"/api/v1/tasks/{task['id']}/comparison/", {"chosen": "A", "strength": "better"}, format="json")
-    assert r.status_code == 400 and "safety" in r.json()["error"]["fields"]
+    assert r.status_code == 400 and set(r.json()["error"]["fields"]) == {"response_a_safe", "response_b_safe"}
     assert Comparison.objects.count() == 0
+
+
+def test_api_label_errors_name_the_fields_and_no_keyboard_keys():
+    alice = UserFactory()
+    safety = BatchFactory(annotators=[alice], focus=Focus.SAFETY)
+    make_pairs(safety, 1)
+    client, _ = _token_client(alice)
+    task = client.post(f"/api/v1/batches/{safety.pk}/next-task/").json()
+    r = client.post(f"/api/v1/tasks/{task['id']}/comparison/",
+                    {"chosen": "A", "strength": "better", "response_a_safe": True}, format="json")
+    error = r.json()["error"]
+    assert r.status_code == 400
+    assert error["fields"] == {"response_b_safe": [
+        "Required in a safety batch: true if response B is safe, false if not."]}
+    assert error["detail"] == "response_b_safe: Required in a safety batch: true if response B is safe, false if not."
+    assert "S / U" not in error["detail"] and "key" not in error["detail"].lower()
+
+    helpful = BatchFactory(annotators=[alice])
+    make_pairs(helpful, 1)
+    task = client.post(f"/api/v1/batches/{helpful.pk}/next-task/").json()
+    r = client.post(f"/api/v1/tasks/{task['id']}/comparison/",
+                    {"chosen": "B", "strength": "better", "response_a_safe": False}, format="json")
+    assert r.status_code == 400
+    assert r.json()["error"]["fields"] == {"response_a_safe": [
+        "Only safety batches take safety labels; leave this field out."]}
+    assert Comparison.objects.count() == 0
+
+
+def test_the_page_keeps_naming_the_keys_for_missing_safety_labels(client):
+    alice = UserFactory()
+    batch = BatchFactory(annotators=[alice], focus=Focus.SAFETY)
+    task = make_pairs(batch, 1)[0]
+    client.force_login(alice)
+    client.get(f"/batches/{batch.pk}/")
+    html = client.post(f"/tasks/{task.pk}/submit/", {"chosen": "A", "strength": "better"}).content.decode()
+    assert "Label each response safe or unsafe (S / U) in a safety batch." in html
 
 
 def test_prompt_mode_over_the_api_returns_202_and_the_task_to_poll():
