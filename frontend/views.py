@@ -7,14 +7,15 @@ and the whole page otherwise, so every link and form also works without JavaScri
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.cache import never_cache
+from django.views.decorators.cache import cache_control, never_cache
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.middleware import HtmxDetails
 
@@ -26,6 +27,15 @@ from annotation.models import (
     PreferenceStrength,
     RiskCategory,
 )
+
+FAVICON = Path(__file__).resolve().parent / "static" / "frontend" / "favicon.ico"
+
+
+@require_GET
+@cache_control(max_age=86400, public=True)
+def favicon(request: HttpRequest) -> HttpResponse:
+    """``/favicon.ico``, which browsers ask for on every page that names no icon (the admin, the API docs)."""
+    return FileResponse(FAVICON.open("rb"), content_type="image/x-icon")
 
 
 class HtmxHttpRequest(HttpRequest):

@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
 
+from annotation.admin import LadderAdmin
 from rlhf import services
 from rlhf.models import PolicyCheckpoint
 
@@ -22,7 +23,7 @@ class PolicyCheckpointForm(forms.ModelForm):
 
 
 @admin.register(PolicyCheckpoint)
-class PolicyCheckpointAdmin(admin.ModelAdmin):
+class PolicyCheckpointAdmin(LadderAdmin):
     form = PolicyCheckpointForm
     list_display = ["name", "role", "is_current", "round", "parent", "path", "created_at"]
     list_filter = ["role", "is_current", "round", "created_at"]
