@@ -142,6 +142,13 @@ def test_ctrl_c_stops_the_private_postgres_and_redis(tmp_path):
         env_lines = (local / "env").read_text()
         assert f"DATABASE_URL=postgres://postgres@/ladder?host={local / 'postgres'}" in env_lines
         assert "REDIS_URL=redis://127.0.0.1:" in env_lines
+        # The README's psql command, with the repository's .local/ replaced by this test's folder.
+        readme = (ROOT / "README.md").read_text()
+        (psql_line,) = [line for line in readme.splitlines() if "pginstall/bin/psql" in line]
+        psql_line = psql_line.replace("$PWD/.local", str(local))
+        psql = subprocess.run(["bash", "-c", psql_line + " -At -c 'select 41 + 1'"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=30)
+        assert psql.stdout.strip() == "42", psql.stderr
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
         output = proc.communicate(timeout=60)[0]
     finally:
