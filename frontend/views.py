@@ -305,12 +305,12 @@ def edit_label(request: HtmxHttpRequest, comparison_id: int) -> HttpResponse:
         "response_b_safe": {True: "safe", False: "unsafe"}.get(comparison.response_b_safe, ""),
         "note": comparison.note,
     }
+    choice_fixed = selectors.was_continued(comparison)
+    if errors and choice_fixed:
+        values = {**values.dict(), "chosen": comparison.chosen}  # a refused flip shows the saved choice again
     context = _task_context(task, errors=errors, values=values)
-    # The saved choice, not the posted one: a refused flip shows the saved choice again.
     context.update({"comparison": comparison, "revisions": selectors.label_history(comparison),
-                    "choice_fixed": selectors.was_continued(comparison)})
-    if context["choice_fixed"]:
-        context["values"] = {**values.dict(), "chosen": comparison.chosen} if errors else values
+                    "choice_fixed": choice_fixed})
     return render(request, "frontend/edit_label.html", context)
 
 
