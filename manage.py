@@ -6,9 +6,6 @@ import sys
 
 
 def main() -> None:
-    from config.localenv import load_local_env
-
-    load_local_env()  # beside `make run`: its private servers' URLs, unless the environment names others
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
     from django.core.management import execute_from_command_line
 

@@ -123,8 +123,24 @@ def stop_postgres(folder: Path) -> bool:
     if not (folder / "postmaster.pid").exists():
         return False
     result = subprocess.run([*user, _pg_bin("pg_ctl"), "-D", str(folder), "-m", "fast", "-w", "stop"],
-                            check=False, capture_output=True)
-    return result.returncode == 0
+                            check=False, capture_output=True, text=True)
+    if result.returncode == 0:
+        return True
+    # pg_ctl runs as the server's user, who may not reach a folder under a private parent (a 0700 home or
+    # temporary folder); the postmaster's pid file says whom to ask directly. SIGINT is a fast shutdown.
+    try:
+        pid = int((folder / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+    except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
+        return False
+    for _ in range(300):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    print(f"Could not stop the PostgreSQL in {folder} (pid {pid}): {result.stderr.strip()}", file=sys.stderr)
+    return False
 
 
 def ensure_services(base: Path, env: dict[str, str] | None = None) -> dict[str, str]:

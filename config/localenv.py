@@ -1,8 +1,9 @@
 """The private services' URLs, shared between ``make run`` and commands typed in another terminal.
 
 ``make run`` (``config/devservices.py``) writes the URLs of the PostgreSQL and Redis it started to
-``.local/env`` (``LADDER_LOCAL_DIR`` moves the folder) and removes the file when it stops them. ``manage.py``,
-the WSGI application and the Celery app read it before Django starts, so that
+``.local/env`` (``LADDER_LOCAL_DIR`` moves the folder) and removes the file when it stops them. Importing the
+``config`` package reads it (``config/__init__.py``), before any settings module, so that ``manage.py``, the
+WSGI application and ``celery -A workers.celery_app`` find the servers and
 ``python manage.py createsuperuser`` works beside ``make run`` with no variables set. Variables already in
 the environment win, and the file is read for the development settings only (``DJANGO_SETTINGS_MODULE``
 unset or ``config.settings.dev``): a production or test process never picks up a developer's database.

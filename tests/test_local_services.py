@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -62,6 +64,32 @@ def test_readme_commands_work_in_a_second_terminal_with_no_variables_set(tmp_pat
     assert exported.returncode == 0, exported.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["source"] for row in rows] == ["newcomer-data"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_celery_worker_started_in_a_second_terminal_finds_the_private_servers(tmp_path):
+    from workers.celery_app import app
+
+    local = tmp_path / "local"
+    write_env_file(local / "env", {"DATABASE_URL": database_url_for_tests(), "REDIS_URL": settings.REDIS_URL})
+    name = f"second-terminal-{os.getpid()}-{time.monotonic_ns()}"
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "default", "--pool", "solo",
+             "-n", f"{name}@%h", "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=fresh_terminal_env(local), stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and worker.poll() is None:
+            if any(name in next(iter(reply)) for reply in app.control.ping(timeout=0.5)):
+                break
+        else:
+            raise AssertionError(f"the worker did not answer:\n{log.read_text()}")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -126,6 +154,16 @@ def start_holder(local: Path) -> subprocess.Popen:
     raise AssertionError("the services did not start:\n" + "".join(lines))
 
 
+@pytest.fixture
+def local_dir():
+    """A private .local/ outside pytest's temporary root, which every pytest session resets to mode 0700 (the
+    embedded PostgreSQL runs as its own user, which must reach its folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="ladder-local-test-"))
+    yield folder / "local"
+    devservices.stop_local_services(folder / "local")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def postgres_running(local: Path) -> bool:
     return (local / "postgres" / "postmaster.pid").exists()
 
@@ -134,8 +172,8 @@ def redis_running(local: Path) -> bool:
     return devservices._redis_alive(int((local / "redis" / "port").read_text()))
 
 
-def test_ctrl_c_stops_the_private_postgres_and_redis(tmp_path):
-    local = tmp_path / "local"
+def test_ctrl_c_stops_the_private_postgres_and_redis(local_dir):
+    local = local_dir
     proc = start_holder(local)
     try:
         assert postgres_running(local) and redis_running(local)
@@ -154,25 +192,21 @@ def test_ctrl_c_stops_the_private_postgres_and_redis(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-        devservices.stop_local_services(local)
     assert "Stopped the private Redis and PostgreSQL" in output
     assert not postgres_running(local)
     assert not redis_running(local)
     assert not (local / "env").exists()
 
 
-def test_make_stop_stops_servers_a_killed_run_left(tmp_path):
-    local = tmp_path / "local"
+def test_make_stop_stops_servers_a_killed_run_left(local_dir):
+    local = local_dir
     proc = start_holder(local)
     os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
     proc.wait(timeout=10)
-    try:
-        assert postgres_running(local) and redis_running(local)
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        stop = subprocess.run([sys.executable, "-m", "config.devservices", "stop"], cwd=ROOT,
-                              env={**env, "LADDER_LOCAL_DIR": str(local)}, capture_output=True, text=True, timeout=60)
-    finally:
-        devservices.stop_local_services(local)
+    assert postgres_running(local) and redis_running(local)
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    stop = subprocess.run([sys.executable, "-m", "config.devservices", "stop"], cwd=ROOT,
+                          env={**env, "LADDER_LOCAL_DIR": str(local)}, capture_output=True, text=True, timeout=60)
     assert stop.returncode == 0, stop.stderr
     assert f"Stopped the private Redis and PostgreSQL in {local}." in stop.stdout
     deadline = time.monotonic() + 5

@@ -2,9 +2,6 @@ import os
 
 from celery import Celery
 
-from config.localenv import load_local_env
-
-load_local_env()  # development settings only; the environment wins
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
 app = Celery("ladder")
