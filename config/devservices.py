@@ -200,6 +200,19 @@ def local_services(base: Path):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _stop_group(proc: subprocess.Popen, sig: int, timeout: float = 20) -> None:
+    """Send ``sig`` to the process group that ``proc`` leads; kill the group if it outlives ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # what is left of the group (a reloader's child)
+    proc.wait()
+
+
 def run(port: int) -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
     base = local_dir()
@@ -208,23 +221,25 @@ def run(port: int) -> int:
             _manage("migrate", "--noinput", "-v", "0")
             _manage("bootstrap_policy")  # once: later runs find sft-v0 registered
             _manage("seed_demo")
+            # The worker and the server (with its autoreloader child) run in process groups of their own, so
+            # that every way this process ends (Ctrl-C, SIGTERM, SIGHUP) stops them all, grandchildren included.
             worker = subprocess.Popen(
                 [PY, "-m", "celery", "-A", "workers.celery_app", "worker", "--beat", "-Q", "default,sampling",
                  "--concurrency", "1", "--loglevel", "INFO", "--schedule", str(base / "celerybeat-schedule")],
-                cwd=ROOT,
+                cwd=ROOT, process_group=0,
             )
-            print(f"Serving Ladder at http://127.0.0.1:{port}. Other terminals: python manage.py ... finds the "
-                  f"private servers through {env_file(base)}. Ctrl-C stops everything; the data stays in {base}.",
-                  flush=True)
             try:
-                return subprocess.run([PY, "manage.py", "runserver", f"127.0.0.1:{port}"], cwd=ROOT).returncode
-            finally:
-                worker.terminate()
+                server = subprocess.Popen([PY, "manage.py", "runserver", f"127.0.0.1:{port}"], cwd=ROOT,
+                                          process_group=0)
+                print(f"Serving Ladder at http://127.0.0.1:{port}. In other terminals, python manage.py finds the "
+                      f"private servers through {env_file(base)}. Ctrl-C stops everything; the data stays in "
+                      f"{base}.", flush=True)
                 try:
-                    worker.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait()
+                    return server.wait()
+                finally:
+                    _stop_group(server, signal.SIGINT)
+            finally:
+                _stop_group(worker, signal.SIGTERM)  # a warm shutdown: the task in hand finishes or is requeued
     except KeyboardInterrupt:
         return 0
 
