@@ -40,8 +40,8 @@ def test_my_labels_shows_the_first_line_of_the_prompt_escaped_and_truncated_and_
     services.claim_next_task(alice, batch.pk)
     label(alice, task)
     html = client_alice.get(reverse("frontend:labels")).content.decode()
-    row = re.search(r"<tr><td>.*?</tr>", html, re.S).group(0)
-    assert f"<td>{task.pk}</td>" in row
+    row = re.search(r'<tr><td data-label="When">.*?</tr>', html, re.S).group(0)
+    assert f'<td data-label="Task">{task.pk}</td>' in row
     cell = re.search(r'<td class="prompt-cell"[^>]*>(.*?)</td>', row, re.S).group(1)
     assert cell.startswith("&lt;b&gt;Plan&lt;/b&gt; a picnic with many friends")
     assert cell.endswith("…") and len(cell.replace("&lt;", "<").replace("&gt;", ">")) == 80
