@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test lint bench clean-local
+.PHONY: run stop psql test lint bench clean-local
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m config.devservices run
 
+# Stops a private PostgreSQL and Redis that a killed `make run` left running (Ctrl-C stops them itself).
+stop:
+	@test -x $(PY) || { echo "No virtualenv yet: nothing was started."; exit 0; }; $(PY) -m config.devservices stop
+
+# psql on the private database of `make run`.
+psql: $(STAMP)
+	$(PY) -m config.devservices psql
+
 test: $(STAMP)
 	$(PY) -m config.devservices test $(PYTEST_ARGS)
 
@@ -24,5 +32,5 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(VENV)/bin/lint-imports
 
-clean-local:
+clean-local: stop
 	rm -rf .local

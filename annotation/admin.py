@@ -19,8 +19,15 @@ from annotation.models import (
 )
 
 
+class LadderAdmin(admin.ModelAdmin):
+    """Every Ladder model admin: list pages that fit a 1280 px screen (long cells wrap)."""
+
+    class Media:
+        css = {"all": ["annotation/admin.css"]}
+
+
 @admin.register(AnnotationBatch)
-class AnnotationBatchAdmin(admin.ModelAdmin):
+class AnnotationBatchAdmin(LadderAdmin):
     list_display = ["name", "focus", "status", "overlap", "heldout_count", "pair_sampling", "week_of", "created_at"]
     list_filter = ["focus", "status", "pair_sampling", "created_at"]
     search_fields = ["name", "guidelines"]
@@ -29,7 +36,7 @@ class AnnotationBatchAdmin(admin.ModelAdmin):
 
 
 @admin.register(Prompt)
-class PromptAdmin(admin.ModelAdmin):
+class PromptAdmin(LadderAdmin):
     list_display = ["id", "batch", "source", "category", "is_safety", "risk_category", "created_at"]
     list_filter = ["batch", "batch__focus", "source", "is_safety", "risk_category", "created_at"]
     search_fields = ["messages", "category", "source"]
@@ -44,7 +51,7 @@ class TurnInline(admin.TabularInline):
 
 
 @admin.register(Dialogue)
-class DialogueAdmin(admin.ModelAdmin):
+class DialogueAdmin(LadderAdmin):
     list_display = ["id", "batch", "source", "author", "is_safety", "risk_category", "attack_vector", "created_at"]
     list_filter = ["batch", "batch__focus", "source", "is_safety", "risk_category", "attack_vector", "created_at"]
     search_fields = ["turns__content", "source", "author__username"]
@@ -53,7 +60,7 @@ class DialogueAdmin(admin.ModelAdmin):
 
 
 @admin.register(Response)
-class ResponseAdmin(admin.ModelAdmin):
+class ResponseAdmin(LadderAdmin):
     list_display = ["id", "dialogue", "turn_index", "slot", "checkpoint", "generator", "temperature", "created_at"]
     list_filter = ["dialogue__batch", "checkpoint", "generator", "created_at"]
     search_fields = ["text", "generator"]
@@ -61,7 +68,7 @@ class ResponseAdmin(admin.ModelAdmin):
 
 
 @admin.register(ComparisonTask)
-class ComparisonTaskAdmin(admin.ModelAdmin):
+class ComparisonTaskAdmin(LadderAdmin):
     list_display = ["id", "batch", "dialogue", "turn_index", "status", "shown_order", "owner", "created_at"]
     list_filter = ["batch", "batch__focus", "status", "created_at"]
     search_fields = ["dialogue__turns__content", "id"]
@@ -69,7 +76,7 @@ class ComparisonTaskAdmin(admin.ModelAdmin):
 
 
 @admin.register(Assignment)
-class AssignmentAdmin(admin.ModelAdmin):
+class AssignmentAdmin(LadderAdmin):
     list_display = ["id", "task", "annotator", "status", "leased_at", "expires_at"]
     list_filter = ["task__batch", "status", "annotator", "leased_at"]
     search_fields = ["annotator__username", "task__id"]
@@ -94,22 +101,37 @@ class RevisionInline(admin.TabularInline):
 
 
 @admin.register(Comparison)
-class ComparisonAdmin(admin.ModelAdmin):
-    list_display = ["id", "task", "annotator", "chosen", "strength", "safety_category", "time_on_task", "created_at"]
+class ComparisonAdmin(LadderAdmin):
+    """Labels are evidence: annotators change their own through the workspace (which keeps a revision and
+    recomputes the safety category); the admin shows them, on a page without Save or Delete."""
+
+    list_display = ["id", "task", "annotator", "chosen", "strength", "safety_category", "seconds_on_task",
+                    "created_at"]
     list_filter = ["task__batch", "task__batch__focus", "strength", "safety_category", "annotator", "created_at"]
     search_fields = ["note", "annotator__username", "task__dialogue__turns__content"]
-    raw_id_fields = ["task", "annotator"]
-    # Labels are evidence: annotators change their own through the workspace (which keeps a revision and
-    # recomputes the safety category); the admin shows them.
-    readonly_fields = ["task", "annotator", "source", "import_hash", "chosen", "strength", "response_a_safe",
-                       "response_b_safe", "safety_category", "note", "idempotency_key", "time_on_task",
-                       "created_at", "updated_at"]
+    fields = ["task", "annotator", "source", "import_hash", "chosen", "strength", "response_a_safe",
+              "response_b_safe", "safety_category", "note", "idempotency_key", "seconds_on_task", "created_at",
+              "updated_at"]
+    readonly_fields = fields
     date_hierarchy = "created_at"
     inlines = [RevisionInline]
 
+    @admin.display(description="time on task (s)", ordering="time_on_task")
+    def seconds_on_task(self, obj: Comparison) -> str:
+        return "—" if obj.time_on_task is None else f"{obj.time_on_task.total_seconds():.1f}"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
 
 @admin.register(ComparisonRevision)
-class ComparisonRevisionAdmin(admin.ModelAdmin):
+class ComparisonRevisionAdmin(LadderAdmin):
     list_display = ["id", "comparison", "changed_by", "chosen", "strength", "safety_category", "changed_at"]
     list_filter = ["comparison__task__batch", "strength", "safety_category", "changed_by", "changed_at"]
     search_fields = ["note", "changed_by__username"]
@@ -143,7 +165,7 @@ class PolicyCheckpointForm(forms.ModelForm):
 
 
 @admin.register(PolicyCheckpoint)
-class PolicyCheckpointAdmin(admin.ModelAdmin):
+class PolicyCheckpointAdmin(LadderAdmin):
     form = PolicyCheckpointForm
     list_display = ["name", "role", "is_current", "round", "parent", "path", "created_at"]
     list_filter = ["role", "is_current", "round", "created_at"]

@@ -4,10 +4,19 @@ ids of other people's work reveal nothing."""
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Left
 from django.http import Http404
 
-from annotation.models import AnnotationBatch, Assignment, Comparison, ComparisonTask, PolicyCheckpoint
+from annotation.models import (
+    AnnotationBatch,
+    Assignment,
+    Comparison,
+    ComparisonRevision,
+    ComparisonTask,
+    PolicyCheckpoint,
+    Turn,
+)
 
 
 def batches_for_annotator(user: AbstractBaseUser) -> QuerySet[AnnotationBatch]:
@@ -64,8 +73,39 @@ def get_comparison_for_annotator(user: AbstractBaseUser, comparison_id: int) -> 
     return comparison
 
 
+def was_continued(comparison: Comparison) -> bool:
+    """Whether a dialogue was continued from this label's chosen response (its choice can then no longer
+    change; ``services.revise_comparison`` enforces it)."""
+    return Turn.objects.filter(from_response=comparison.chosen_response).exists()
+
+
+def label_history(comparison: Comparison) -> list[ComparisonRevision]:
+    """The earlier versions of a label, newest first, each with ``made_at``: when that version was made
+    (the label's creation for the first, the change before it for later ones); ``changed_at`` is when it
+    was replaced."""
+    revisions = list(comparison.revisions.order_by("changed_at", "pk"))
+    made_at = comparison.created_at
+    for revision in revisions:
+        revision.made_at, made_at = made_at, revision.changed_at
+    return revisions[::-1]
+
+
 def comparisons_of_annotator(user: AbstractBaseUser) -> QuerySet[Comparison]:
-    return Comparison.objects.filter(annotator=user, task__batch__annotators=user).select_related("task__batch")
+    """The annotator's labels, newest first, each with ``prompt_start``: the beginning of the user turn the
+    pair answers (cut in the database, so a long prompt is never loaded for a list)."""
+    prompt = (
+        Turn.objects.filter(dialogue=OuterRef("task__dialogue"), index__lt=OuterRef("task__turn_index"),
+                            role=Turn.Role.USER)
+        .order_by("-index")
+        .annotate(start=Left("content", 300))
+        .values("start")[:1]
+    )
+    return (
+        Comparison.objects.filter(annotator=user, task__batch__annotators=user)
+        .select_related("task__batch")
+        .annotate(prompt_start=Subquery(prompt))
+        .order_by("-created_at", "-pk")
+    )
 
 
 def comparisons_for_reviewer(user: AbstractBaseUser, batch: AnnotationBatch) -> QuerySet[Comparison]:

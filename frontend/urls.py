@@ -6,6 +6,7 @@ app_name = "frontend"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("batches/<int:batch_id>/", views.workspace, name="workspace"),
     path("batches/<int:batch_id>/next/", views.next_task, name="next"),
     path("batches/<int:batch_id>/prompt/", views.prompt_form, name="prompt_form"),

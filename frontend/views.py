@@ -7,13 +7,15 @@ and the whole page otherwise, so every link and form also works without JavaScri
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.views.decorators.cache import cache_control, never_cache
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.middleware import HtmxDetails
 
@@ -25,6 +27,15 @@ from annotation.models import (
     PreferenceStrength,
     RiskCategory,
 )
+
+FAVICON = Path(__file__).resolve().parent / "static" / "frontend" / "favicon.ico"
+
+
+@require_GET
+@cache_control(max_age=86400, public=True)
+def favicon(request: HttpRequest) -> HttpResponse:
+    """``/favicon.ico``, which browsers ask for on every page that names no icon (the admin, the API docs)."""
+    return FileResponse(FAVICON.open("rb"), content_type="image/x-icon")
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -294,8 +305,12 @@ def edit_label(request: HtmxHttpRequest, comparison_id: int) -> HttpResponse:
         "response_b_safe": {True: "safe", False: "unsafe"}.get(comparison.response_b_safe, ""),
         "note": comparison.note,
     }
+    choice_fixed = selectors.was_continued(comparison)
+    if errors and choice_fixed:
+        values = {**values.dict(), "chosen": comparison.chosen}  # a refused flip shows the saved choice again
     context = _task_context(task, errors=errors, values=values)
-    context.update({"comparison": comparison, "revisions": comparison.revisions.all()})
+    context.update({"comparison": comparison, "revisions": selectors.label_history(comparison),
+                    "choice_fixed": choice_fixed})
     return render(request, "frontend/edit_label.html", context)
 
 
@@ -308,19 +323,25 @@ def review(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
                                                     "Comparison": Comparison})
 
 
+NEW_TOKEN_SESSION_KEY = "ladder_new_api_token"
+
+
 @login_required
+@never_cache
 def api_tokens(request: HtmxHttpRequest) -> HttpResponse:
-    """Create and revoke one's own API tokens; a new token is shown once."""
+    """Create and revoke one's own API tokens. A new token is shown once: the POST keeps it in the session
+    and redirects, and the GET that follows takes it out, so reloading the page neither shows it again nor
+    creates another token."""
     from api import tokens
 
-    new_token = None
     if request.method == "POST":
         if request.POST.get("action") == "create":
-            _, new_token = tokens.create_token(request.user)
+            _, request.session[NEW_TOKEN_SESSION_KEY] = tokens.create_token(request.user)
         elif request.POST.get("action") == "revoke":
             if tokens.revoke_token(request.user, request.POST.get("token_key", "")):
                 messages.success(request, "Token revoked.")
             else:
                 messages.warning(request, "No such token.")
-            return redirect("frontend:tokens")
+        return redirect("frontend:tokens")
+    new_token = request.session.pop(NEW_TOKEN_SESSION_KEY, None)
     return render(request, "frontend/tokens.html", {"tokens": tokens.tokens_of(request.user), "new_token": new_token})

@@ -1,5 +1,6 @@
 """Scripted annotators through the REST API, with API tokens."""
 
+import re
 import uuid
 
 import pytest
@@ -66,8 +67,44 @@ def test_bad_submits_are_400_with_the_field_and_write_nothing():
     r = client.post(f"/api/v1/tasks/{task['id']}/comparison/", {"chosen": "A"}, format="json")
     assert r.status_code == 400 and "strength" in r.json()["error"]["fields"]
     r = client.post(f"/api/v1/tasks/{task['id']}/comparison/", {"chosen": "A", "strength": "better"}, format="json")
-    assert r.status_code == 400 and "safety" in r.json()["error"]["fields"]
+    assert r.status_code == 400 and set(r.json()["error"]["fields"]) == {"response_a_safe", "response_b_safe"}
     assert Comparison.objects.count() == 0
+
+
+def test_api_label_errors_name_the_fields_and_no_keyboard_keys():
+    alice = UserFactory()
+    safety = BatchFactory(annotators=[alice], focus=Focus.SAFETY)
+    make_pairs(safety, 1)
+    client, _ = _token_client(alice)
+    task = client.post(f"/api/v1/batches/{safety.pk}/next-task/").json()
+    r = client.post(f"/api/v1/tasks/{task['id']}/comparison/",
+                    {"chosen": "A", "strength": "better", "response_a_safe": True}, format="json")
+    error = r.json()["error"]
+    assert r.status_code == 400
+    assert error["fields"] == {"response_b_safe": [
+        "Required in a safety batch: true if response B is safe, false if not."]}
+    assert error["detail"] == "response_b_safe: Required in a safety batch: true if response B is safe, false if not."
+    assert "S / U" not in error["detail"] and "key" not in error["detail"].lower()
+
+    helpful = BatchFactory(annotators=[alice])
+    make_pairs(helpful, 1)
+    task = client.post(f"/api/v1/batches/{helpful.pk}/next-task/").json()
+    r = client.post(f"/api/v1/tasks/{task['id']}/comparison/",
+                    {"chosen": "B", "strength": "better", "response_a_safe": False}, format="json")
+    assert r.status_code == 400
+    assert r.json()["error"]["fields"] == {"response_a_safe": [
+        "Only safety batches take safety labels; leave this field out."]}
+    assert Comparison.objects.count() == 0
+
+
+def test_the_page_keeps_naming_the_keys_for_missing_safety_labels(client):
+    alice = UserFactory()
+    batch = BatchFactory(annotators=[alice], focus=Focus.SAFETY)
+    task = make_pairs(batch, 1)[0]
+    client.force_login(alice)
+    client.get(f"/batches/{batch.pk}/")
+    html = client.post(f"/tasks/{task.pk}/submit/", {"chosen": "A", "strength": "better"}).content.decode()
+    assert "Label each response safe or unsafe (S / U) in a safety batch." in html
 
 
 def test_prompt_mode_over_the_api_returns_202_and_the_task_to_poll():
@@ -123,11 +160,28 @@ def test_the_schema_is_generated_and_valid_and_the_docs_use_local_assets(client)
 def test_the_ui_creates_and_revokes_tokens(client):
     alice = UserFactory()
     client.force_login(alice)
-    html = client.post("/tokens/", {"action": "create"}).content.decode()
+    html = client.post("/tokens/", {"action": "create"}, follow=True).content.decode()
     token = AuthToken.objects.get(user=alice)
     assert "ladder_" in html and token.token_key in html
     client.post("/tokens/", {"action": "revoke", "token_key": token.token_key})
     assert not AuthToken.objects.filter(user=alice).exists()
+
+
+def test_reloading_the_tokens_page_after_creating_one_neither_shows_it_again_nor_creates_another(client):
+    alice = UserFactory()
+    client.force_login(alice)
+    created = client.post("/tokens/", {"action": "create"})
+    assert created.status_code == 302 and created["Location"] == "/tokens/"
+    shown = client.get("/tokens/")
+    token_text = re.search(r'<code id="new-token">(ladder_[^<]+)</code>', shown.content.decode()).group(1)
+    assert "no-store" in shown["Cache-Control"]
+    reloaded = client.get("/tokens/").content.decode()
+    assert token_text not in reloaded and 'id="new-token"' not in reloaded
+    assert AuthToken.objects.filter(user=alice).count() == 1
+    # The token shown once is the one stored (knox keeps only its hash).
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token_text}")
+    assert api.get("/api/v1/batches/").status_code == 200
 
 
 def test_draft_batches_are_hidden_from_annotators_in_the_api():
@@ -148,3 +202,12 @@ def test_nul_characters_are_a_400_not_a_server_error():
     r = staff.generic("POST", "/api/v1/imports/preferences/?format=trl&source=%00", b"{}\n",
                       content_type="application/octet-stream")
     assert r.status_code == 400
+
+
+def test_date_filters_with_offsets_postgresql_cannot_take_are_moved_to_utc_or_refused():
+    # Found by schemathesis: Python accepts a +18:03 offset, PostgreSQL only up to ±15:59 (a 500 before).
+    client, _ = _token_client(UserFactory(is_staff=True))
+    r = client.get("/api/v1/comparisons/", {"created_after": "0556-06-03T08:02:31+18:03"})
+    assert r.status_code == 200, r.content
+    r = client.get("/api/v1/comparisons/", {"created_before": "0001-01-01T00:00:00+05:00"})  # before year 1 in UTC
+    assert r.status_code == 400 and "created_before" in r.json()["error"]["fields"]

@@ -205,3 +205,119 @@ def test_guidelines_open_with_one_key(page, live_server):
     expect(dialog).to_be_visible()
     page.keyboard.press("g")
     expect(dialog).to_be_hidden()
+
+
+def test_the_change_label_page_takes_the_same_keys_as_the_workspace(page, live_server):
+    from annotation import services
+
+    user = UserFactory()
+    batch = BatchFactory(focus=Focus.SAFETY, annotators=[user])
+    task = make_pairs(batch, 1)[0]
+    services.claim_next_task(user, batch.pk)
+    comparison = services.submit_comparison(user, task.pk, services.LabelInput(
+        chosen="A", strength="better", response_a_safe=True, response_b_safe=True)).comparison
+    log_in(page, live_server, user)
+    page.goto(f"{live_server.url}/labels/{comparison.pk}/")
+    expect(page.locator("#key-help")).to_contain_text("choose")
+
+    left, right = slot_shown_as(page, "a"), slot_shown_as(page, "b")
+    for key in ["b", "3", "u", "s"]:
+        page.keyboard.press(key)
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{live_server.url}/labels/")
+    expect(page.locator(".messages")).to_contain_text("Label changed")
+
+    comparison.refresh_from_db()
+    assert comparison.chosen == right
+    assert comparison.strength == PreferenceStrength.SLIGHTLY_BETTER
+    safe_by_slot = {"A": comparison.response_a_safe, "B": comparison.response_b_safe}
+    assert (safe_by_slot[left], safe_by_slot[right]) == (False, True)
+    assert comparison.revisions.count() == 1
+
+
+def test_a_fixed_choice_is_shown_disabled_and_its_key_does_nothing(page, live_server):
+    from annotation import generation, services
+
+    user = UserFactory()
+    batch = BatchFactory(annotators=[user])
+    task = services.start_prompt_task(user, batch.pk, "Plan a picnic")
+    generation.sample_pairs(task.pk)
+    result = services.submit_comparison(user, task.pk, services.LabelInput(chosen="A", strength="better"))
+    comparison = result.comparison
+    services.continue_dialogue(user, comparison.pk, "For ten people")
+    log_in(page, live_server, user)
+    page.goto(f"{live_server.url}/labels/{comparison.pk}/")
+
+    kept = page.locator('#label-form input[name="chosen"][value="A"]')
+    other = page.locator('#label-form input[name="chosen"][value="B"]')
+    expect(other).to_be_disabled()
+    expect(kept).to_be_checked()
+    expect(page.locator("#choice-fixed")).to_contain_text("You continued the dialogue from response")
+    other_key = other.get_attribute("data-key")
+    page.keyboard.press(other_key)
+    page.keyboard.press("4")
+    expect(kept).to_be_checked()
+    expect(other).not_to_be_checked()
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{live_server.url}/labels/")
+
+    comparison.refresh_from_db()
+    assert (comparison.chosen, comparison.strength) == ("A", PreferenceStrength.NEGLIGIBLY_BETTER)
+
+
+def overflow(page, selector="html"):
+    """How many pixels the element's content is wider than the element (0: it fits)."""
+    return page.locator(selector).first.evaluate("e => e.scrollWidth - e.clientWidth")
+
+
+def test_pages_work_on_a_400_px_screen(browser, live_server):
+    from annotation import services
+
+    user = UserFactory(is_staff=True)  # the longest top bar: every link, Admin included
+    batch = BatchFactory(focus=Focus.SAFETY, annotators=[user], name="Week 32 · Safety, red-team prompts")
+    first, _ = make_pairs(batch, 2, turns=[("user", "A long prompt " * 40)])
+    services.claim_next_task(user, batch.pk)
+    comparison = services.submit_comparison(user, first.pk, services.LabelInput(
+        chosen="A", strength="better", response_a_safe=True, response_b_safe=False)).comparison
+    context = browser.new_context(viewport={"width": 400, "height": 800})
+    page = context.new_page()
+    try:
+        log_in(page, live_server, user)
+        for path in ["/", f"/batches/{batch.pk}/", "/labels/", f"/labels/{comparison.pk}/", "/tokens/",
+                     "/api/docs/", f"/review/{batch.pk}/"]:
+            page.goto(live_server.url + path)
+            page.wait_for_load_state("networkidle")
+            assert overflow(page) == 0, path
+            if not path.startswith("/api/"):
+                assert overflow(page, ".topbar") == 0, path
+                for link in page.locator(".topbar a, .topbar button").all():
+                    box = link.bounding_box()
+                    assert box["x"] >= 0 and box["x"] + box["width"] <= 400, (path, link.text_content())
+    finally:
+        context.close()
+
+
+def test_admin_list_pages_fit_a_1280_px_screen(page, live_server):
+    from annotation import services
+
+    admin = UserFactory(is_staff=True, is_superuser=True)
+    annotator = UserFactory(username="annotator-with-a-long-name")
+    for focus in (Focus.HELPFULNESS, Focus.SAFETY):
+        batch = BatchFactory(focus=focus, annotators=[annotator], name=f"Week 32 · {focus} batch with a long name")
+        for task in make_pairs(batch, 2, turns=[("user", "A long prompt " * 40)]):
+            services.claim_next_task(annotator, batch.pk)
+            safety = {"response_a_safe": True, "response_b_safe": False} if focus == Focus.SAFETY else {}
+            c = services.submit_comparison(annotator, task.pk, services.LabelInput(
+                chosen="B", strength="negligibly_better", note="A long note. " * 30, **safety)).comparison
+            services.revise_comparison(annotator, c.pk, services.LabelInput(chosen="A", strength="better", **safety))
+    log_in(page, live_server, admin)
+    for model in ["annotation/annotationbatch", "annotation/prompt", "annotation/dialogue", "annotation/response",
+                  "annotation/comparisontask", "annotation/assignment", "annotation/comparison",
+                  "annotation/comparisonrevision", "annotation/policycheckpoint"]:
+        page.goto(f"{live_server.url}/admin/{model}/")
+        expect(page.locator("#site-name")).to_have_text("Ladder administration")
+        assert overflow(page) == 0, model
+        if page.locator("#result_list").count():
+            assert overflow(page, "#changelist .results") == 0, model
+            box = page.locator("#result_list").bounding_box()
+            assert box["x"] + box["width"] <= 1280, model

@@ -177,7 +177,7 @@ def test_annotator_changes_their_label_and_the_page_shows_its_history(client_ali
     assert ComparisonRevision.objects.filter(comparison=c, chosen="A").exists()
     html = client_alice.get(reverse("frontend:edit_label", args=[c.pk])).content.decode()
     shown = "A" if task.shown_order == "AB" else "B"  # the letter the annotator saw for slot A
-    assert "History" in html and f"was {shown}, Better" in html
+    assert "History" in html and f": response {shown}, better" in html
 
 
 def test_reviewers_see_every_label_in_their_batches_and_annotators_do_not(alice, batch):
@@ -244,7 +244,7 @@ def test_pages_name_the_response_by_the_letter_shown_on_screen(client_alice, ali
     services.claim_next_task(alice, batch.pk)
     services.submit_comparison(alice, task.pk, services.LabelInput(chosen="B", strength="better"))
     html = client_alice.get(reverse("frontend:labels")).content.decode()
-    assert "<td>A</td>" in html and "<td>B</td>" not in html
+    assert '<td data-label="Chosen">A</td>' in html and '<td data-label="Chosen">B</td>' not in html
 
 
 def test_a_double_posted_prompt_form_makes_one_task(client_alice, batch):

@@ -9,7 +9,12 @@ from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_int, env_str
 
-_database_url = env_str("DATABASE_URL")
+_database_url = env_str("DATABASE_URL", "")
+if not _database_url:
+    raise ImproperlyConfigured(
+        "Set the environment variable DATABASE_URL (postgres://...). In development, `make run` starts a "
+        "private PostgreSQL and writes its URL to .local/env, which manage.py reads while it runs."
+    )
 DATABASES = {
     "default": dj_database_url.parse(
         _database_url, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0), conn_health_checks=True

@@ -27,3 +27,13 @@ def as_shown(slot: str, task) -> str:
     if not slot or task is None or task.shown_order == "AB":
         return slot
     return {"A": "B", "B": "A"}.get(slot, slot)
+
+
+@register.filter
+def first_line(text: str) -> str:
+    """The first non-empty line of a text (a prompt in a list); the caller truncates and auto-escaping
+    still applies."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""

@@ -1,5 +1,6 @@
-// Keyboard control of the comparison form: A/B choose, 1-4 strength, S/U safety (left response, then
-// right), Enter submit, K skip, G guidelines, N note, P write a prompt. Keys are ignored while typing.
+// Keyboard control of the comparison form (#label-form, on the workspace and on the change-label page):
+// A/B choose, 1-4 strength, S/U safety (left response, then right), Enter submit, K skip, G guidelines,
+// N note, P write a prompt. Keys are ignored while typing; a disabled choice (fixed) is never checked.
 (function () {
   "use strict";
   let safetyCursor = 0;
@@ -7,7 +8,7 @@
   function form() { return document.getElementById("label-form"); }
 
   function check(input) {
-    if (!input) return;
+    if (!input || input.disabled) return;
     input.checked = true;
     input.dispatchEvent(new Event("change", { bubbles: true }));
   }
