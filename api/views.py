@@ -84,17 +84,17 @@ def task_detail(request: Request, task_id: int) -> Response:
 @api_view(["POST"])
 @permission_classes([IsAuthenticated])
 def submit_comparison(request: Request, task_id: int) -> Response:
-    """Label a task: 201 with the comparison, or 200 with the same comparison when replayed."""
+    """Label a task, naming the responses by the letters shown (A is the left one, ``responses[0]``):
+    201 with the comparison, or 200 with the same comparison when replayed."""
     body = ComparisonInputSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     data = body.validated_data
-    result = services.submit_comparison(
-        request.user, task_id,
-        services.LabelInput(chosen=data["chosen"], strength=data["strength"],
-                            response_a_safe=data["response_a_safe"], response_b_safe=data["response_b_safe"],
-                            note=data["note"]),
-        idempotency_key=data["idempotency_key"],
-    )
+    task = selectors.get_task_for_annotator(request.user, task_id)
+    # The caller names responses by the letter shown (A = left, ``responses[0]``); labels are stored by slot.
+    label = services.LabelInput.as_shown(task, chosen=data["chosen"], strength=data["strength"],
+                                         a_safe=data["response_a_safe"], b_safe=data["response_b_safe"],
+                                         note=data["note"])
+    result = services.submit_comparison(request.user, task.pk, label, idempotency_key=data["idempotency_key"])
     return Response(ComparisonSerializer(result.comparison).data,
                     status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
