@@ -35,17 +35,25 @@ class LeaseExpired(Exception):
 # The queue is the batch's ``ready`` tasks without an owner, read through the partial index
 # ``task_queue_open`` in id order: labelled tasks have left it (``complete``), so the rows a claim walks past
 # are only those this annotator skipped or labelled that still await others, and those leased to others.
+# The per-task checks are LATERAL aggregates, two index probes per task row reached: written as NOT EXISTS,
+# the planner turned them into an anti join that reads every label of the batch (90,000 at 100k tasks, 10 ms)
+# to find the first open task.
 _CANDIDATE_SQL = """
 SELECT t.id FROM annotation_comparisontask t
+CROSS JOIN LATERAL (
+    SELECT count(*) AS labels,
+           -- imported (open-source) pairs are already labelled: never offered to annotators (they are also
+           -- complete)
+           count(*) FILTER (WHERE c.annotator_id = %(user)s OR c.annotator_id IS NULL) AS mine_or_imported
+    FROM annotation_comparison c WHERE c.task_id = t.id
+) lc
+CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE a.status = 'active' AND a.expires_at > %(now)s) AS live,
+           count(*) FILTER (WHERE a.annotator_id = %(user)s AND a.status IN ('skipped', 'active')) AS mine
+    FROM annotation_assignment a WHERE a.task_id = t.id
+) la
 WHERE t.batch_id = %(batch)s AND t.status = 'ready' AND t.owner_id IS NULL
-  -- imported (open-source) pairs are already labelled: never offered to annotators (they are also complete)
-  AND NOT EXISTS (SELECT 1 FROM annotation_comparison c WHERE c.task_id = t.id
-                  AND (c.annotator_id = %(user)s OR c.annotator_id IS NULL))
-  AND NOT EXISTS (SELECT 1 FROM annotation_assignment a WHERE a.task_id = t.id AND a.annotator_id = %(user)s
-                  AND a.status IN ('skipped', 'active'))
-  AND (SELECT count(*) FROM annotation_comparison c WHERE c.task_id = t.id)
-    + (SELECT count(*) FROM annotation_assignment a WHERE a.task_id = t.id AND a.status = 'active'
-       AND a.expires_at > %(now)s) < %(overlap)s
+  AND lc.mine_or_imported = 0 AND la.mine = 0 AND lc.labels + la.live < %(overlap)s
 ORDER BY t.id
 LIMIT 1
 """
