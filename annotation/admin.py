@@ -4,7 +4,7 @@ annotator, date), search, and read-only label history."""
 from django import forms
 from django.contrib import admin, messages
 
-from annotation import checkpoints
+from annotation import checkpoints, services
 from annotation.models import (
     AnnotationBatch,
     Assignment,
@@ -33,6 +33,12 @@ class AnnotationBatchAdmin(LadderAdmin):
     search_fields = ["name", "guidelines"]
     filter_horizontal = ["annotators", "reviewers"]
     date_hierarchy = "created_at"
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "overlap" in form.changed_data:
+            # A raised overlap puts labelled tasks back in the queue; a lowered one completes them.
+            services.refresh_completion(batch_id=obj.pk)
 
 
 @admin.register(Prompt)
@@ -77,10 +83,10 @@ class ComparisonTaskAdmin(LadderAdmin):
 
 @admin.register(Assignment)
 class AssignmentAdmin(LadderAdmin):
-    list_display = ["id", "task", "annotator", "status", "leased_at", "expires_at"]
-    list_filter = ["task__batch", "status", "annotator", "leased_at"]
+    list_display = ["id", "task", "batch", "annotator", "status", "from_queue", "leased_at", "expires_at"]
+    list_filter = ["batch", "status", "from_queue", "annotator", "leased_at"]
     search_fields = ["annotator__username", "task__id"]
-    raw_id_fields = ["task", "annotator"]
+    raw_id_fields = ["task", "batch", "annotator"]
 
 
 class RevisionInline(admin.TabularInline):
@@ -100,21 +106,36 @@ class RevisionInline(admin.TabularInline):
         return False
 
 
+def _shown_as(comparison) -> str:
+    """The letter the annotator saw for the chosen slot, with its side: "A (left)"."""
+    letter = comparison.chosen_letter
+    return f"{letter} ({'left' if letter == 'A' else 'right'})" if letter else "—"
+
+
 @admin.register(Comparison)
 class ComparisonAdmin(LadderAdmin):
     """Labels are evidence: annotators change their own through the workspace (which keeps a revision and
     recomputes the safety category); the admin shows them, on a page without Save or Delete."""
 
-    list_display = ["id", "task", "annotator", "chosen", "strength", "safety_category", "seconds_on_task",
-                    "created_at"]
+    list_display = ["id", "task", "annotator", "chosen", "shown_as", "shown_order", "strength", "safety_category",
+                    "seconds_on_task", "created_at"]
+    list_select_related = ["task", "annotator"]
     list_filter = ["task__batch", "task__batch__focus", "strength", "safety_category", "annotator", "created_at"]
     search_fields = ["note", "annotator__username", "task__dialogue__turns__content"]
-    fields = ["task", "annotator", "source", "import_hash", "chosen", "strength", "response_a_safe",
-              "response_b_safe", "safety_category", "note", "idempotency_key", "seconds_on_task", "created_at",
-              "updated_at"]
+    fields = ["task", "annotator", "source", "import_hash", "chosen", "shown_as", "shown_order", "strength",
+              "response_a_safe", "response_b_safe", "safety_category", "note", "idempotency_key", "seconds_on_task",
+              "created_at", "updated_at"]
     readonly_fields = fields
     date_hierarchy = "created_at"
     inlines = [RevisionInline]
+
+    @admin.display(description="Shown as")
+    def shown_as(self, obj):
+        return _shown_as(obj)
+
+    @admin.display(description="Shown order", ordering="task__shown_order")
+    def shown_order(self, obj):
+        return obj.task.get_shown_order_display()
 
     @admin.display(description="time on task (s)", ordering="time_on_task")
     def seconds_on_task(self, obj: Comparison) -> str:

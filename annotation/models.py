@@ -275,8 +275,15 @@ class ComparisonTask(models.Model):
     """Two responses to the same dialogue prefix, shown side by side."""
 
     class Status(models.TextChoices):
+        """``ready`` is the queue: a pair that still takes labels. A task becomes ``complete`` in the
+        transaction of the submit that brings its labels to the batch's overlap (or its author's label, in
+        prompt mode; imported pairs are complete from the start), and goes back to ``ready`` when the
+        overlap is raised or a label removed (``services.refresh_completion``). Claims read only ready
+        tasks, through a partial index, so a claim costs the same in a full batch as in a fresh one."""
+
         GENERATING = "generating", "Generating responses"
-        READY = "ready", "Ready"
+        READY = "ready", "Ready for labels"
+        COMPLETE = "complete", "Labelled (complete)"
         FAILED = "failed", "Generation failed"
 
     class Order(models.TextChoices):
@@ -316,14 +323,37 @@ class ComparisonTask(models.Model):
                 name="task_ready_has_two_responses",
             ),
         ]
-        indexes = [models.Index(fields=["batch", "status"])]
+        indexes = [
+            models.Index(fields=["batch", "status"]),
+            # The queue: what a claim scans, in the order it scans it (``ORDER BY id``). Labelled tasks leave
+            # it, so its size is the open work of the batch, not everything the batch ever held.
+            models.Index(fields=["batch", "id"], condition=Q(status="ready", owner__isnull=True),
+                         name="task_queue_open"),
+        ]
 
     def __str__(self) -> str:
         return f"Task {self.pk}"
 
+    @property
+    def has_pair(self) -> bool:
+        """Both responses are there to show (whether or not the task still takes labels)."""
+        return self.status in (self.Status.READY, self.Status.COMPLETE)
+
     def responses_in_shown_order(self) -> list[tuple[str, Response]]:
+        """(slot, response), left first."""
         pairs = [("A", self.response_a), ("B", self.response_b)]
         return pairs if self.shown_order == self.Order.A_LEFT else pairs[::-1]
+
+    def slot_for_letter(self, letter: str | None) -> str | None:
+        """The stored slot of the response shown with this letter (A is always the left one); ``None`` for
+        anything that is not a letter."""
+        if letter not in ("A", "B"):
+            return None
+        return letter if self.shown_order == self.Order.A_LEFT else {"A": "B", "B": "A"}[letter]
+
+    def letter_for_slot(self, slot: str | None) -> str | None:
+        """The letter the annotator saw for a stored slot (the mapping is its own inverse)."""
+        return self.slot_for_letter(slot)
 
 
 class Assignment(models.Model):
@@ -336,6 +366,13 @@ class Assignment(models.Model):
         EXPIRED = "expired", "Expired"
 
     task = models.ForeignKey(ComparisonTask, on_delete=models.CASCADE, related_name="assignments")
+    batch = models.ForeignKey(
+        AnnotationBatch, on_delete=models.CASCADE, related_name="+",
+        help_text="The task's batch, copied here so the database can hold one queue lease per annotator and batch.",
+    )
+    from_queue = models.BooleanField(
+        default=True, help_text="Leased from the queue; false for the lease on one's own prompt-mode task."
+    )
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     leased_at = models.DateTimeField(default=timezone.now)
@@ -347,7 +384,14 @@ class Assignment(models.Model):
             # One live lease per annotator and task, so a double claim cannot hold two slots.
             models.UniqueConstraint(
                 fields=["task", "annotator"], condition=Q(status="active"), name="assignment_one_active_per_user"
-            )
+            ),
+            # One queue lease per annotator and batch: two claims at once (two tabs, a retried request) both
+            # pass the "resume my lease" check; the second insert fails here and resumes the first's lease.
+            # Prompt-mode leases are outside it: an annotator may wait on several prompts of their own.
+            models.UniqueConstraint(
+                fields=["annotator", "batch"], condition=Q(status="active", from_queue=True),
+                name="assignment_one_queue_lease_per_batch",
+            ),
         ]
         indexes = [models.Index(fields=["task", "status", "expires_at"])]
 
@@ -364,8 +408,8 @@ class Comparison(models.Model):
     """An annotator's label on a task: the forced choice, its strength and, on safety batches, safety."""
 
     class Choice(models.TextChoices):
-        A = "A", "Response A"
-        B = "B", "Response B"
+        A = "A", "Slot A"
+        B = "B", "Slot B"
 
     task = models.ForeignKey(ComparisonTask, on_delete=models.CASCADE, related_name="comparisons")
     annotator = models.ForeignKey(
@@ -378,13 +422,16 @@ class Comparison(models.Model):
     import_hash = models.CharField(
         max_length=64, null=True, blank=True, unique=True, help_text="Content hash of an imported row."
     )
-    chosen = models.CharField(max_length=1, choices=Choice.choices)
+    chosen = models.CharField(
+        "chosen slot", max_length=1, choices=Choice.choices,
+        help_text="The stored slot (response A or B of the task), not the letter shown: see the task's shown order.",
+    )
     strength = models.CharField(
         max_length=20, choices=PreferenceStrength.choices, blank=True,
         help_text="Empty only for imported data that carries no strength.",
     )
-    response_a_safe = models.BooleanField(null=True, blank=True)
-    response_b_safe = models.BooleanField(null=True, blank=True)
+    response_a_safe = models.BooleanField("slot A safe", null=True, blank=True)
+    response_b_safe = models.BooleanField("slot B safe", null=True, blank=True)
     safety_category = models.CharField(max_length=12, choices=SafetyCategory.choices, blank=True)
     note = models.TextField(blank=True)
     time_on_task = models.DurationField(help_text="Measured on the server: lease start to submit.")
@@ -418,6 +465,11 @@ class Comparison(models.Model):
     @property
     def rejected_response(self) -> Response:
         return self.task.response_b if self.chosen == self.Choice.A else self.task.response_a
+
+    @property
+    def chosen_letter(self) -> str | None:
+        """The letter the annotator chose as shown (A is the left response)."""
+        return self.task.letter_for_slot(self.chosen)
 
     @property
     def is_flagged(self) -> bool:

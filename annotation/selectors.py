@@ -114,11 +114,13 @@ def comparisons_for_reviewer(user: AbstractBaseUser, batch: AnnotationBatch) -> 
 
 
 def batch_progress(batch: AnnotationBatch, user: AbstractBaseUser) -> dict[str, int]:
-    """Counts for the dashboard: tasks ready, labels needed, labels given, and this user's labels."""
-    tasks = ComparisonTask.objects.filter(batch=batch, status=ComparisonTask.Status.READY, owner__isnull=True)
-    task_count = tasks.count()
+    """Counts for the dashboard: queue pairs with their responses, those with all their labels (complete),
+    labels given, and this user's labels."""
+    counts = ComparisonTask.objects.filter(
+        batch=batch, owner__isnull=True, status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.COMPLETE]
+    ).aggregate(tasks=Count("pk"), done=Count("pk", filter=Q(status=ComparisonTask.Status.COMPLETE)))
+    task_count, done_tasks = counts["tasks"], counts["done"]
     labels = Comparison.objects.filter(task__batch=batch)
-    done_tasks = tasks.annotate(n=Count("comparisons")).filter(n__gte=batch.overlap).count()
     return {
         "tasks": task_count,
         "done_tasks": done_tasks,

@@ -13,6 +13,9 @@ from annotation.models import (
     Turn,
 )
 
+# The letters an annotator sees and sends: A is always the left response, B the right (not the stored slot).
+LETTERS = [("A", "Response A (left)"), ("B", "Response B (right)")]
+
 
 class TurnSerializer(serializers.ModelSerializer):
     class Meta:
@@ -29,28 +32,40 @@ class ResponseSerializer(serializers.ModelSerializer):
                   "max_new_tokens", "seed", "prompt_tokens", "completion_tokens", "created_at"]
 
 
-class TaskResponseSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Response
-        fields = ["id", "slot", "text"]
+class ShownResponseSerializer(serializers.Serializer):
+    """One response of the pair as the annotator sees it: ``letter`` A is the left one (shown first), B the
+    right; ``slot`` is where it is stored (response A or B of the task)."""
+
+    letter = serializers.CharField(help_text="A: the left response (shown first); B: the right one.")
+    slot = serializers.CharField(help_text="Where the response is stored: slot A or B of the task.")
+    id = serializers.IntegerField()
+    text = serializers.CharField()
 
 
 class TaskSerializer(serializers.ModelSerializer):
-    """A task as an annotator sees it: the dialogue so far and responses A and B."""
+    """A task as an annotator sees it: the dialogue so far and the two responses in the order shown
+    (``responses[0]`` is letter A, the left one), as the page shows them. The order is random per task, so
+    that neither slot is favoured by position; submit the letter you chose."""
 
     dialogue = serializers.SerializerMethodField()
-    response_a = TaskResponseSerializer(read_only=True)
-    response_b = TaskResponseSerializer(read_only=True)
+    responses = serializers.SerializerMethodField()
     lease_expires_at = serializers.SerializerMethodField()
 
     class Meta:
         model = ComparisonTask
-        fields = ["id", "batch", "status", "turn_index", "dialogue", "response_a", "response_b", "note", "error",
+        fields = ["id", "batch", "status", "turn_index", "dialogue", "shown_order", "responses", "note", "error",
                   "lease_expires_at"]
 
     @extend_schema_field(TurnSerializer(many=True))
     def get_dialogue(self, task):
         return TurnSerializer(task.dialogue.turns.order_by("index")[: task.turn_index], many=True).data
+
+    @extend_schema_field(ShownResponseSerializer(many=True))
+    def get_responses(self, task):
+        if not task.has_pair:
+            return []
+        return [{"letter": letter, "slot": slot, "id": response.pk, "text": response.text}
+                for letter, (slot, response) in zip("AB", task.responses_in_shown_order(), strict=True)]
 
     @extend_schema_field(serializers.DateTimeField(allow_null=True))
     def get_lease_expires_at(self, task):
@@ -59,7 +74,10 @@ class TaskSerializer(serializers.ModelSerializer):
 
 
 class ComparisonInputSerializer(serializers.Serializer):
-    chosen = serializers.ChoiceField(choices=Comparison.Choice.choices)
+    """A label in the letters shown: ``chosen`` A is the left response (``responses[0]`` of the task), B the
+    right; ``response_a_safe`` / ``response_b_safe`` are about the responses shown as A and B."""
+
+    chosen = serializers.ChoiceField(choices=LETTERS)
     strength = serializers.ChoiceField(choices=PreferenceStrength.choices)
     response_a_safe = serializers.BooleanField(required=False, allow_null=True, default=None)
     response_b_safe = serializers.BooleanField(required=False, allow_null=True, default=None)
@@ -68,15 +86,42 @@ class ComparisonInputSerializer(serializers.Serializer):
 
 
 class ComparisonSerializer(serializers.ModelSerializer):
+    """A label, in the letters its annotator saw (``chosen``, ``response_a_safe``, ``response_b_safe``: A is
+    the left response), with the stored ``chosen_slot`` and the task's ``shown_order`` (``AB``: slot A was on
+    the left; ``BA``: slot B was)."""
+
     batch = serializers.IntegerField(source="task.batch_id", read_only=True)
     annotator = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    chosen = serializers.SerializerMethodField()
+    chosen_slot = serializers.CharField(source="chosen", read_only=True,
+                                        help_text="The stored slot (A or B) of the chosen response.")
+    shown_order = serializers.CharField(source="task.shown_order", read_only=True,
+                                        help_text="AB: slot A was shown left (as letter A); BA: slot B was.")
+    response_a_safe = serializers.SerializerMethodField()
+    response_b_safe = serializers.SerializerMethodField()
     time_on_task_seconds = serializers.SerializerMethodField()
 
     class Meta:
         model = Comparison
-        fields = ["id", "task", "batch", "annotator", "source", "chosen", "strength", "response_a_safe",
-                  "response_b_safe", "safety_category", "note", "time_on_task_seconds", "idempotency_key",
-                  "created_at", "updated_at"]
+        fields = ["id", "task", "batch", "annotator", "source", "chosen", "chosen_slot", "shown_order", "strength",
+                  "response_a_safe", "response_b_safe", "safety_category", "note", "time_on_task_seconds",
+                  "idempotency_key", "created_at", "updated_at"]
+
+    @extend_schema_field(serializers.ChoiceField(choices=LETTERS))
+    def get_chosen(self, comparison):
+        return comparison.chosen_letter
+
+    def _safe_as_shown(self, comparison, letter):
+        slot = comparison.task.slot_for_letter(letter)
+        return comparison.response_a_safe if slot == "A" else comparison.response_b_safe
+
+    @extend_schema_field(serializers.BooleanField(allow_null=True))
+    def get_response_a_safe(self, comparison):
+        return self._safe_as_shown(comparison, "A")
+
+    @extend_schema_field(serializers.BooleanField(allow_null=True))
+    def get_response_b_safe(self, comparison):
+        return self._safe_as_shown(comparison, "B")
 
     @extend_schema_field(serializers.FloatField())
     def get_time_on_task_seconds(self, comparison):

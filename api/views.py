@@ -104,23 +104,22 @@ def _label_errors_in_api_terms(exc: DjangoValidationError, data: dict, is_safety
 @api_view(["POST"])
 @permission_classes([IsAuthenticated])
 def submit_comparison(request: Request, task_id: int) -> Response:
-    """Label a task: 201 with the comparison, or 200 with the same comparison when replayed."""
+    """Label a task, naming the responses by the letters shown (A is the left one, ``responses[0]``):
+    201 with the comparison, or 200 with the same comparison when replayed."""
     body = ComparisonInputSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     data = body.validated_data
+    task = selectors.get_task_for_annotator(request.user, task_id)
+    # The caller names responses by the letter shown (A = left, ``responses[0]``); labels are stored by slot.
+    label = services.LabelInput.as_shown(task, chosen=data["chosen"], strength=data["strength"],
+                                         a_safe=data["response_a_safe"], b_safe=data["response_b_safe"],
+                                         note=data["note"])
     try:
-        result = services.submit_comparison(
-            request.user, task_id,
-            services.LabelInput(chosen=data["chosen"], strength=data["strength"],
-                                response_a_safe=data["response_a_safe"], response_b_safe=data["response_b_safe"],
-                                note=data["note"]),
-            idempotency_key=data["idempotency_key"],
-        )
+        result = services.submit_comparison(request.user, task.pk, label, idempotency_key=data["idempotency_key"])
     except DjangoValidationError as exc:
         if not hasattr(exc, "error_dict"):
             raise
-        is_safety = selectors.get_task_for_annotator(request.user, task_id).batch.is_safety
-        raise _label_errors_in_api_terms(exc, data, is_safety) from exc
+        raise _label_errors_in_api_terms(exc, data, task.batch.is_safety) from exc
     return Response(ComparisonSerializer(result.comparison).data,
                     status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 

@@ -70,7 +70,7 @@ def _idempotency_key(request: HttpRequest) -> uuid.UUID | None:
 def _task_context(task: ComparisonTask, *, errors=None, values=None, notice: str = "") -> dict:
     turns = list(task.dialogue.turns.order_by("index")[: task.turn_index])
     columns = []
-    if task.status == ComparisonTask.Status.READY:
+    if task.has_pair:
         for shown_label, (slot, response) in zip("AB", task.responses_in_shown_order(), strict=True):
             columns.append({"shown": shown_label, "slot": slot, "response": response,
                             "side": "left" if shown_label == "A" else "right"})
@@ -158,7 +158,7 @@ def task_detail(request: HtmxHttpRequest, task_id: int) -> HttpResponse:
     task = selectors.get_task_for_annotator(request.user, task_id)
     context = _workspace_context(request, task.batch)
     context.update(_task_context(task))
-    if task.status != ComparisonTask.Status.READY:
+    if not task.has_pair:
         return _work(request, "generating", context)
     return _work(request, "task", context)
 

@@ -82,7 +82,7 @@ rb AS (
 t AS (
     INSERT INTO annotation_comparisontask (batch_id, dialogue_id, turn_index, response_a_id, response_b_id,
                                            shown_order, status, error, note, generation_attempts, created_at)
-    SELECT %(batch)s, ra.dialogue_id, ra.turn_index, ra.id, rb.id, 'AB', 'ready', '', '', 0, %(created)s
+    SELECT %(batch)s, ra.dialogue_id, ra.turn_index, ra.id, rb.id, 'AB', %(status)s, '', '', 0, %(created)s
     FROM ra JOIN rb USING (dialogue_id)
     RETURNING id
 )
@@ -114,6 +114,8 @@ def bulk_comparisons(batch, tasks, *, annotators=(None,), source=None, checkpoin
         "source": source or "ladder", "created": created or timezone.now(), "prompt_chars": prompt_chars,
         "response_chars": response_chars, "checkpoint_a": getattr(checkpoints[0], "pk", None),
         "checkpoint_b": getattr(checkpoints[1], "pk", None),
+        # What the submits would have left: a task with its labels (or an imported one) is out of the queue.
+        "status": "complete" if None in annotators or len(annotators) >= batch.overlap else "ready",
     }
     with connection.cursor() as cursor:
         cursor.execute(_BULK_SQL, params)

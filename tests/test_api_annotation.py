@@ -46,7 +46,8 @@ def test_a_scripted_annotator_labels_a_batch_until_204_with_replays_returning_20
             break
         task = r.json()
         assert [t["content"] for t in task["dialogue"]] == ["Hi", "Hello", "Joke?"]
-        assert {task["response_a"]["slot"], task["response_b"]["slot"]} == {"A", "B"}
+        assert [r["letter"] for r in task["responses"]] == ["A", "B"]
+        assert {r["slot"] for r in task["responses"]} == {"A", "B"}
         assert task["lease_expires_at"]
         key = str(uuid.uuid4())
         body = {"chosen": "B", "strength": "slightly_better", "idempotency_key": key}

@@ -122,6 +122,8 @@ def test_a_helpfulness_row_has_every_column_with_the_chosen_slot_first(data):
         "safety_category": None,
         "chosen_safe": None,
         "rejected_safe": None,
+        "chosen_slot": "A",
+        "shown_order": data["help"][0].task.shown_order,
         "source": "ladder",
         "batch": "Week 1 helpfulness",
         "split": split,

@@ -72,7 +72,7 @@ def test_real_hh_rlhf_rows_become_imported_comparisons_in_a_closed_batch(tmp_pat
     first = json.loads(lines[0])
     prefix, chosen, rejected = split_preference_pair(first["chosen"], first["rejected"])
     task = ComparisonTask.objects.filter(batch=batch).order_by("id").first()
-    assert (task.status, task.shown_order, task.turn_index) == ("ready", "AB", len(prefix))
+    assert (task.status, task.shown_order, task.turn_index) == ("complete", "AB", len(prefix))
     assert list(task.dialogue.turns.order_by("index").values_list("role", "content")) == prefix
     assert (task.response_a.text, task.response_b.text) == (chosen, rejected)
     assert (task.response_a.slot, task.response_a.generator) == ("A", "anthropic-hh-rlhf-harmless")

@@ -38,5 +38,6 @@ def test_the_readme_curl_example_labels_the_pair_it_was_given(live_server):
     assert result.returncode == 0, result.stderr
     comparison = Comparison.objects.get(annotator=alice)
     assert f'"id":{comparison.pk}' in result.stdout
-    assert (comparison.chosen, comparison.strength) == ("A", "better")
+    # "chosen": "A" is the letter shown (the left response), whichever slot it is stored as.
+    assert (comparison.task.letter_for_slot(comparison.chosen), comparison.strength) == ("A", "better")
     assert comparison.idempotency_key is not None

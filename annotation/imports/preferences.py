@@ -222,7 +222,7 @@ class _PairWriter(ChunkWriter):
             ComparisonTask(
                 batch=batch, dialogue=dialogue, turn_index=len(pair.turns),
                 response_a=responses[2 * i], response_b=responses[2 * i + 1],
-                shown_order=ComparisonTask.Order.A_LEFT, status=ComparisonTask.Status.READY,
+                shown_order=ComparisonTask.Order.A_LEFT, status=ComparisonTask.Status.COMPLETE,
             )
             for i, (dialogue, pair) in enumerate(zip(dialogues, items, strict=True))
         )

@@ -4,14 +4,20 @@ Each service validates, authorises, writes inside ``transaction.atomic()`` and s
 (Celery tasks) with ``transaction.on_commit``. Views, API serializers and tasks call these; they never
 ``.save()`` domain models themselves. One module per job:
 
-* ``assignment``: leasing the next pair, skipping, lease expiry;
+* ``assignment``: leasing the next pair, skipping, lease expiry, and which tasks are still open;
 * ``labels``: submitting and revising comparisons;
 * ``dialogues``: prompt mode and multi-turn continuation;
 * ``pool``: queue-mode pairs, prompt pools and refills;
 * ``enqueue``: sending sampling jobs to the workers.
 """
 
-from annotation.services.assignment import LeaseExpired, claim_next_task, expire_leases, skip_task
+from annotation.services.assignment import (
+    LeaseExpired,
+    claim_next_task,
+    expire_leases,
+    refresh_completion,
+    skip_task,
+)
 from annotation.services.dialogues import continue_dialogue, retry_generation, start_prompt_task
 from annotation.services.enqueue import GENERATE_TASK, enqueue_generation
 from annotation.services.labels import LabelInput, SubmitResult, revise_comparison, submit_comparison
@@ -38,6 +44,7 @@ __all__ = [
     "expire_leases",
     "refill_all_queues",
     "refill_queue",
+    "refresh_completion",
     "requeue_stalled_generation",
     "retry_generation",
     "revise_comparison",

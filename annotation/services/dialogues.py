@@ -63,7 +63,7 @@ def _new_generating_task(
     )
     now = timezone.now()
     Assignment.objects.create(
-        task=task, annotator=user, leased_at=now,
+        task=task, batch=dialogue.batch, annotator=user, from_queue=False, leased_at=now,
         expires_at=now + timedelta(minutes=settings.LADDER_LEASE_MINUTES),
     )
     transaction.on_commit(lambda: enqueue_generation([task.pk]))

@@ -23,18 +23,29 @@ from annotation.models import (
     SafetyCategory,
     Turn,
 )
-from annotation.services.assignment import LeaseExpired
+from annotation.services.assignment import LeaseExpired, refresh_completion
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LabelInput:
+    """A label by stored slot: ``chosen`` is slot A or B, ``response_a_safe`` is about slot A's response."""
+
     chosen: str | None
     strength: str | None
     response_a_safe: bool | None = None
     response_b_safe: bool | None = None
     note: str = ""
+
+    @classmethod
+    def as_shown(cls, task: ComparisonTask, *, chosen: str | None, strength: str | None,
+                 a_safe: bool | None = None, b_safe: bool | None = None, note: str = "") -> LabelInput:
+        """A label given in the letters shown (A is the left response, B the right), as an annotator gives it
+        on the page or through the API, turned into slots by the task's shown order."""
+        by_slot = {task.slot_for_letter("A"): a_safe, task.slot_for_letter("B"): b_safe}
+        return cls(chosen=task.slot_for_letter(chosen), strength=strength, response_a_safe=by_slot["A"],
+                   response_b_safe=by_slot["B"], note=note)
 
 
 def _validate_label(batch: AnnotationBatch, label: LabelInput) -> str:
@@ -84,7 +95,7 @@ def submit_comparison(
             raise ValidationError({"idempotency_key": "This idempotency key was already used for another submission."})
         if task.batch.status == AnnotationBatch.Status.CLOSED:
             raise ValidationError({"task": "This batch is closed; labels can no longer be added."})
-        if task.status != ComparisonTask.Status.READY:
+        if not task.has_pair:
             raise ValidationError({"task": "This task's responses are not ready yet."})
         category = _validate_label(task.batch, label)
         now = timezone.now()
@@ -125,6 +136,9 @@ def _record_label(user, task, label, category, assignment, now, idempotency_key)
     if assignment is not None:
         assignment.status = Assignment.Status.SUBMITTED
         assignment.save(update_fields=["status"])
+    # In this transaction and under the task's row lock: the label that fills the task takes it out of the
+    # queue, so no claim ever scans a task that has all its labels.
+    refresh_completion(task_ids=[task.pk])
     return comparison
 
 

@@ -97,11 +97,10 @@ def refill_queue(batch_id: int, *, enqueue: bool = True) -> list[ComparisonTask]
         batch = AnnotationBatch.objects.select_for_update().get(pk=batch_id)
         if batch.status != AnnotationBatch.Status.OPEN:
             return []
-        pending = (
-            ComparisonTask.objects.filter(batch=batch, owner__isnull=True,
-                                          status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.GENERATING])
-            .annotate(n=models.Count("comparisons")).filter(n__lt=batch.overlap).count()
-        )
+        # Unlabelled means open: a task that reached its overlap is complete and no longer counts.
+        pending = ComparisonTask.objects.filter(
+            batch=batch, owner__isnull=True, status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.GENERATING]
+        ).count()
         missing = batch.min_ready_pairs - pending
         if missing <= 0:
             return []

@@ -24,9 +24,9 @@ def get_item(mapping, key):
 def as_shown(slot: str, task) -> str:
     """The letter the annotator saw for a stored slot: the left column is "A" on screen, whichever response
     it holds (the pair's order is randomised per task)."""
-    if not slot or task is None or task.shown_order == "AB":
+    if not slot or task is None:
         return slot
-    return {"A": "B", "B": "A"}.get(slot, slot)
+    return task.letter_for_slot(slot) or slot
 
 
 @register.filter

@@ -12,6 +12,9 @@ unchanged)::
     strength, focus, safety_category, chosen_safe, rejected_safe, source, batch, split, annotator,
     chosen_checkpoint, rejected_checkpoint, chosen_temperature, rejected_temperature, comparison_id,
     created_at (ISO 8601)
+    chosen_slot "A" or "B": the stored slot (response A or B of the task) the chosen response is in
+    shown_order "AB" or "BA": the slots left to right as the annotator saw them ("BA": slot B was shown
+                left, as letter A); the letter chosen follows from the two
 
 ``annotator`` is a pseudonym (the first 16 hex digits of HMAC-SHA256 of the user id, keyed with
 ``LADDER_PSEUDONYM_KEY`` or else ``SECRET_KEY``), never the user name; imported rows have none.

@@ -10,7 +10,7 @@ from rlhf.exports.options import FETCH_ROWS, ExportOptions
 from rlhf.exports.rows import column_blocks
 
 # How each column is written in JSON. The lines are put together from per-column fragments with one %-template
-# rather than json.dumps per row: building and encoding a dict of 19 keys cost more than everything else the
+# rather than json.dumps per row: building and encoding a dict of 21 keys cost more than everything else the
 # export does in Python. Strings go through json's own C escaper; floats are written as json.dumps writes them
 # (repr); the tests compare every line with json.loads against iter_rows.
 _encode_str = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=False) uses for strings

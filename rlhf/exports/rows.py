@@ -51,15 +51,15 @@ def column_blocks(options: ExportOptions, fetch_rows: int = FETCH_ROWS) -> Itera
 def _columns(block: list[tuple], margins: dict[str, float] | None,
              pseudonym: Callable[[int | None], str | None]) -> dict[str, Sequence[Any]]:
     """One block of the SELECT's rows turned into the export's columns."""
-    (prompt, chosen, rejected, strength, focus, category, chosen_safe, rejected_safe, source, batch,
-     is_test, annotator_id, chosen_ckpt, rejected_ckpt, chosen_temp, rejected_temp, pk,
+    (prompt, chosen, rejected, strength, focus, category, chosen_safe, rejected_safe, chosen_slot, shown_order,
+     source, batch, is_test, annotator_id, chosen_ckpt, rejected_ckpt, chosen_temp, rejected_temp, pk,
      created_at) = zip(*block, strict=True)
     columns: dict[str, Sequence[Any]] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     if margins is not None:
         columns["margin"] = [margins.get(s, 0.0) for s in strength]
     columns.update(
         strength=strength, focus=focus, safety_category=category, chosen_safe=chosen_safe,
-        rejected_safe=rejected_safe, source=source, batch=batch,
+        rejected_safe=rejected_safe, chosen_slot=chosen_slot, shown_order=shown_order, source=source, batch=batch,
         split=["test" if t else "train" for t in is_test],
         annotator=[pseudonym(a) for a in annotator_id], chosen_checkpoint=chosen_ckpt,
         rejected_checkpoint=rejected_ckpt, chosen_temperature=chosen_temp,

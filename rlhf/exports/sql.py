@@ -63,6 +63,8 @@ SELECT
     NULLIF(c.safety_category, ''),
     CASE WHEN c.chosen = 'A' THEN c.response_a_safe ELSE c.response_b_safe END,
     CASE WHEN c.chosen = 'A' THEN c.response_b_safe ELSE c.response_a_safe END,
+    c.chosen,
+    t.shown_order,
     c.source,
     b.name,
     """ + _IS_TEST + """,
