@@ -296,6 +296,13 @@ class ComparisonTask(models.Model):
     sampling_claimed_until = models.DateTimeField(
         null=True, blank=True, help_text="A worker is sampling this task's pair until then."
     )
+    sampling_sent_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a sampling job was last sent to the workers for this task."
+    )
+    sampling_requeued_for = models.DateTimeField(
+        null=True, blank=True,
+        help_text="The lapsed claim (its sampling_claimed_until) a job was sent again for: once per lapse.",
+    )
     request_key = models.UUIDField(
         null=True, blank=True, unique=True,
         help_text="Idempotency key of the prompt or continuation that created it: a replay returns this task.",
