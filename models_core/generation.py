@@ -125,7 +125,9 @@ class RowSeededSampling(LogitsProcessor):
             # transformers' TopPLogitsWarper keeps it.
             sorted_probs, order = torch.sort(probs, descending=True, dim=-1)  # (B, V)
             before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # (B, V) mass of the tokens ranked above
-            sorted_probs = sorted_probs.masked_fill(before > self.top_p, 0.0)
+            drop = before >= self.top_p
+            drop[:, 0] = False
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
         chosen = torch.stack([
             torch.multinomial(probs[row], 1, generator=generator) for row, generator in enumerate(self.generators)

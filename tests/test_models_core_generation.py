@@ -78,6 +78,8 @@ def test_top_p_keeps_only_the_nucleus(policy):
         seen.add(int(out.argmax()))
         assert torch.isfinite(out).sum() == 1
     assert seen == {0, 1}, "0.5 + 0.3 reach top_p = 0.75; the two unlikely tokens are never drawn"
+    tiny_p = RowSeededSampling([0], temperature=1.0, top_p=0.0, device=torch.device("cpu"))(None, scores)
+    assert int(tiny_p.argmax()) == 0 and torch.isfinite(tiny_p).sum() == 1, "the most likely token always stays"
 
 
 def test_temperature_zero_is_greedy_and_ignores_the_seed(policy):
