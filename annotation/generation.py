@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -311,7 +312,9 @@ def _retry_or_fail(task_id: int, error: str) -> None:
     enqueue_generation([task_id], countdown=min(60, 2 ** (attempt - 1)))
 
 
-def store_pairs(plans: list[SlotPlan], results: dict, names: dict, *, identical: set[int] = frozenset()) -> list[int]:
+def store_pairs(
+    plans: list[SlotPlan], results: dict, names: dict, *, identical: AbstractSet[int] = frozenset()
+) -> list[int]:
     """Store both responses of each planned task and make it ready, once; return the ids made ready.
 
     One transaction for the whole batch: the task rows are locked, responses inserted with
