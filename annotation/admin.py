@@ -17,6 +17,22 @@ from annotation.models import (
     Response,
     Turn,
 )
+from annotation.pair_setting import pair_setting_problem
+
+
+class AnnotationBatchForm(forms.ModelForm):
+    """The admin builds the fields from the model; this adds the check of the pair setting."""
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        # The setting as it would be saved: a pair must be two different things to compare.
+        candidate = AnnotationBatch(**{name: cleaned.get(name) for name in (
+            "pair_sampling", "checkpoint_a", "checkpoint_b", "temperatures") if name in cleaned})
+        if (problem := pair_setting_problem(candidate, need_sampler=False)) is not None:
+            raise forms.ValidationError(problem)
+        return cleaned
 
 
 class LadderAdmin(admin.ModelAdmin):
@@ -28,6 +44,7 @@ class LadderAdmin(admin.ModelAdmin):
 
 @admin.register(AnnotationBatch)
 class AnnotationBatchAdmin(LadderAdmin):
+    form = AnnotationBatchForm
     list_display = ["name", "focus", "status", "overlap", "heldout_count", "pair_sampling", "week_of", "created_at"]
     list_filter = ["focus", "status", "pair_sampling", "created_at"]
     search_fields = ["name", "guidelines"]
@@ -176,6 +193,10 @@ class PolicyCheckpointForm(forms.ModelForm):
 
     def clean_path(self):
         path = self.cleaned_data["path"].strip()
+        try:
+            checkpoints.check_path_given(path)
+        except forms.ValidationError as exc:
+            raise forms.ValidationError(exc.message_dict["path"]) from exc
         if path and (self.instance.pk is None or path != self.instance.path):
             # Refuse a checkpoint that does not load now, not when a worker first samples from it.
             try:

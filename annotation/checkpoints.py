@@ -3,6 +3,7 @@ first at sampling time."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
@@ -27,6 +28,17 @@ def check_checkpoint_path(path: str) -> dict:
     }
 
 
+STAND_IN_OFF = ("A checkpoint needs the path of its model directory: an empty path stands for the deterministic "
+                "stand-in sampler (not a language model), which is off here. Tests and demos enable it with "
+                "LADDER_DEMO_SAMPLER.")
+
+
+def check_path_given(path: str) -> None:
+    """An empty path is the stand-in sampler's: refused unless a setting names that sampler."""
+    if not path and not settings.LADDER_DEMO_SAMPLER:
+        raise ValidationError({"path": STAND_IN_OFF})
+
+
 def register_checkpoint(
     *,
     name: str,
@@ -40,6 +52,8 @@ def register_checkpoint(
 ) -> PolicyCheckpoint:
     if role not in PolicyCheckpoint.Role.values:
         raise ValidationError({"role": f"Unknown role {role!r}."})
+    path = path.strip()
+    check_path_given(path)
     summary = check_checkpoint_path(path) if path else {}
     with transaction.atomic():
         if PolicyCheckpoint.objects.filter(name=name).exists():

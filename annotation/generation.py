@@ -6,11 +6,18 @@ temperature"), and stores the responses. It is idempotent by construction:
 
 * a task is claimed with a conditional UPDATE (``status = generating`` and no live claim), so two workers
   never sample the same task at once; a killed worker's claim lapses after
-  ``LADDER_SAMPLING_CLAIM_SECONDS`` and a redelivered job takes the task up again;
+  ``LADDER_SAMPLING_CLAIM_SECONDS`` and a redelivered (or requeued) job takes the task up again;
+* a job samples every task it claimed and releases any it does not store (an error, a refusal): when its own
+  task is held by another worker it samples the others it claimed and leaves that one to its holder, so no
+  task sits claimed by a job that will not sample it;
+* ``generation_attempts`` counts real failures only: a sampling error, or a claim that lapsed (the worker
+  died while sampling it), never a claim or a busy task;
 * responses are unique per (dialogue, turn, slot), and the task turns ready once, under its row lock, so a
   redelivered job never stores a second response for the same slot.
 
-Sampling itself happens outside any transaction: no row lock is held while a model generates.
+Each response has its own seed, and batched sampling draws each row from its own generator, so the stored
+seed and parameters reproduce the text alone. Sampling itself happens outside any transaction: no row lock is
+held while a model generates.
 """
 
 from __future__ import annotations
@@ -18,43 +25,52 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from annotation.models import ComparisonTask, PolicyCheckpoint, Response
-from annotation.selectors import current_policy
+from annotation.models import ComparisonTask, PairSampling, PolicyCheckpoint, Response
+from annotation.pair_setting import PairRefused, pair_checkpoints, pair_setting_problem, pair_temperatures
 from annotation.services.enqueue import enqueue_generation
 from models_core.generation import PromptTooLong
 from models_core.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
 
+# Attempts rise only for a claim that lapsed (the worker that held it stopped while sampling): a poison prompt
+# that kills its worker each time must still end up failed.
 _CLAIM_SQL = """
-UPDATE annotation_comparisontask SET sampling_claimed_until = %(until)s,
-       generation_attempts = generation_attempts + 1
-WHERE id IN (
-    SELECT id FROM annotation_comparisontask
+UPDATE annotation_comparisontask t
+SET sampling_claimed_until = %(until)s,
+    generation_attempts = t.generation_attempts + CASE WHEN free.lapsed THEN 1 ELSE 0 END
+FROM (
+    SELECT id, sampling_claimed_until IS NOT NULL AS lapsed FROM annotation_comparisontask
     WHERE status = 'generating' AND (sampling_claimed_until IS NULL OR sampling_claimed_until < %(now)s)
       AND (id = %(task)s OR %(others)s)
     ORDER BY (id = %(task)s) DESC, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-)
-RETURNING id
+) free
+WHERE t.id = free.id
+RETURNING t.id, free.lapsed, t.generation_attempts
 """
 
+# A re-sample of slot B when both texts came out identical gets a seed no first draw uses.
+RESAMPLE_SEED_OFFSET = 2**32
 
-class TaskBusy(Exception):
-    """The task is being sampled by another worker right now; try again after its claim lapses."""
 
-    def __init__(self, task_id: int, seconds: float):
-        super().__init__(f"Task {task_id} is claimed by another worker for {seconds:.0f} more seconds.")
-        self.seconds = seconds
+@dataclass(frozen=True)
+class Claim:
+    """The tasks one job claimed, until when, and the attempts of those whose earlier claim had lapsed."""
+
+    ids: list[int]
+    until: datetime
+    lapsed_attempts: dict[int, int]
 
 
 @dataclass(frozen=True)
@@ -66,36 +82,47 @@ class SlotPlan:
     params: SamplingParams
 
 
-def claim_tasks(task_id: int, *, batch_size: int | None = None) -> list[int]:
-    """Claim ``task_id`` and up to ``batch_size - 1`` other pending tasks; return the ids claimed."""
+def claim(task_id: int, *, batch_size: int | None = None) -> Claim:
+    """Claim ``task_id`` (if no other worker holds it) and up to ``batch_size - 1`` other pending tasks."""
     now = timezone.now()
+    until = now + timedelta(seconds=settings.LADDER_SAMPLING_CLAIM_SECONDS)
     limit = batch_size or settings.LADDER_SAMPLING_BATCH_SIZE
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, {
-            "until": now + timedelta(seconds=settings.LADDER_SAMPLING_CLAIM_SECONDS), "now": now,
-            "task": task_id, "others": limit > 1, "limit": limit,
-        })
-        return sorted(row[0] for row in cursor.fetchall())
+        cursor.execute(_CLAIM_SQL, {"until": until, "now": now, "task": task_id, "others": limit > 1,
+                                    "limit": limit})
+        rows = cursor.fetchall()
+    return Claim(sorted(row[0] for row in rows), until, {row[0]: row[2] for row in rows if row[1]})
 
 
-def _pair_checkpoints(task: ComparisonTask) -> tuple[PolicyCheckpoint | None, PolicyCheckpoint | None]:
-    """The two models of a pair: the batch's, or else the current policy and its predecessor (§3.4.1:
-    after each round both the new and the previous model sample)."""
+def claim_tasks(task_id: int, *, batch_size: int | None = None) -> list[int]:
+    """Claim ``task_id`` and up to ``batch_size - 1`` other pending tasks; return the ids claimed."""
+    return claim(task_id, batch_size=batch_size).ids
+
+
+@dataclass(frozen=True)
+class PairSetting:
+    """A batch's setting, resolved once per job: the refusal, if any, and the two slots' checkpoints."""
+
+    problem: str | None
+    checkpoints: tuple[PolicyCheckpoint | None, PolicyCheckpoint | None]
+
+    @classmethod
+    def of(cls, batch) -> PairSetting:
+        return cls(pair_setting_problem(batch), pair_checkpoints(batch))
+
+
+def plan_slots(task: ComparisonTask, setting: PairSetting | None = None) -> list[SlotPlan]:
+    """Both slots of a task: checkpoint, dialogue and parameters, with one seed per response. Raises
+    ``PairRefused`` when the batch's setting would not give two different things to compare."""
     batch = task.batch
-    first = batch.checkpoint_a or current_policy()
-    second = batch.checkpoint_b or (first.parent if first and first.parent_id else None) or first
-    return first, second
-
-
-def plan_slots(task: ComparisonTask) -> list[SlotPlan]:
-    batch = task.batch
+    setting = setting or PairSetting.of(batch)
+    if setting.problem is not None:
+        raise PairRefused(setting.problem)
     rng = random.Random(task.pk)
-    temps = sorted(set(batch.temperatures or settings.LADDER_DEFAULT_TEMPERATURES))
-    vary_temperature = batch.pair_sampling in ("temperatures", "both") and len(temps) >= 2
+    temps = pair_temperatures(batch)
+    vary_temperature = batch.pair_sampling in (PairSampling.TEMPERATURES, PairSampling.CHECKPOINTS_AND_TEMPERATURES)
     t_a, t_b = rng.sample(temps, 2) if vary_temperature else (temps[0], temps[0])
-    ckpt_a, ckpt_b = _pair_checkpoints(task)
-    if batch.pair_sampling == "temperatures":
-        ckpt_b = ckpt_a
+    ckpt_a, ckpt_b = setting.checkpoints
     messages = tuple(
         # .all() so that the turns prefetched for a whole claimed batch are used (one query, not one per task)
         (t.role, t.content) for t in sorted(task.dialogue.turns.all(), key=lambda t: t.index)[: task.turn_index]
@@ -125,16 +152,22 @@ def policy_sampler():
 
 def _sampler(checkpoint: PolicyCheckpoint | None):
     path = checkpoint.path if checkpoint else ""
-    factory = settings.LADDER_SAMPLER if path else settings.LADDER_DEMO_SAMPLER
-    return import_string(factory)(), path or None
+    if path:
+        return import_string(settings.LADDER_SAMPLER)(), path
+    if not settings.LADDER_DEMO_SAMPLER:
+        # pair_setting_problem refuses such pairs before sampling; this holds should a checkpoint lose its path.
+        raise PairRefused(f"Checkpoint {checkpoint.name} has no path and the stand-in sampler is off."
+                          if checkpoint else "No policy checkpoint to sample from, and the stand-in sampler is off.")
+    return import_string(settings.LADDER_DEMO_SAMPLER)(), None
 
 
 def _sample(plans: list[SlotPlan]) -> tuple[dict, dict[int, str], dict[int, str], dict]:
-    """Run the samplers; prompts that share a model and sampling parameters go through in one batch.
+    """Run the samplers; prompts that share a model and sampling parameters go through in one batch, each with
+    its own seed.
 
     A failing batch is sampled again prompt by prompt, so that one bad prompt (or one batch whose checkpoint
-    is broken) fails only its own tasks. Returns results per (task, slot), refusals (prompt too long) and
-    errors per task, and the generator name per (task, slot)."""
+    is broken) fails only its own tasks. Returns results per (task, slot) as (output, params), refusals
+    (prompt too long, no sampler) and errors per task, and the generator name per (task, slot)."""
     groups: dict[tuple, list[SlotPlan]] = defaultdict(list)
     for plan in plans:
         p = plan.params
@@ -147,25 +180,25 @@ def _sample(plans: list[SlotPlan]) -> tuple[dict, dict[int, str], dict[int, str]
     overflow = settings.LADDER_CONTEXT_OVERFLOW
     system_prompt = settings.LADDER_SYSTEM_PROMPT or None
 
-    def run(sampler, path, dialogues, params):
+    def run(sampler, path, group: list[SlotPlan], dialogues):
         if hasattr(sampler, "sample_many"):
-            return sampler.sample_many(dialogues, params, path, overflow=overflow, system_prompt=system_prompt)
-        return [sampler.sample(d, [params], path)[0] for d in dialogues]
+            return sampler.sample_many(dialogues, group[0].params, path, overflow=overflow,
+                                       system_prompt=system_prompt, seeds=[plan.params.seed for plan in group])
+        return [sampler.sample(d, [plan.params], path)[0] for plan, d in zip(group, dialogues, strict=True)]
 
     for group in groups.values():
-        # One seed per group: batched sampling draws from one generator; the seed is stored per response.
-        params = SamplingParams(**{**group[0].params.__dict__, "seed": min(p.params.seed for p in group)})
         dialogues = [[{"role": r, "content": c} for r, c in plan.messages] for plan in group]
+        sampler = None
         try:
             sampler, path = _sampler(group[0].checkpoint)
-            outputs = run(sampler, path, dialogues, params)
+            outputs = run(sampler, path, group, dialogues)
         except Exception:
             outputs = []
             for plan, dialogue in zip(group, dialogues, strict=True):
                 try:
                     sampler, path = _sampler(plan.checkpoint)
-                    outputs.extend(run(sampler, path, [dialogue], params))
-                except PromptTooLong as exc:
+                    outputs.extend(run(sampler, path, [plan], [dialogue]))
+                except (PromptTooLong, PairRefused) as exc:
                     refused[plan.task_id] = str(exc)
                     outputs.append(None)
                 except Exception as exc:
@@ -174,49 +207,104 @@ def _sample(plans: list[SlotPlan]) -> tuple[dict, dict[int, str], dict[int, str]
                     outputs.append(None)
         for plan, output in zip(group, outputs, strict=True):
             if output is not None:
-                results[(plan.task_id, plan.slot)] = (output, params)
+                results[(plan.task_id, plan.slot)] = (output, plan.params)
                 names[(plan.task_id, plan.slot)] = sampler.name
     return results, refused, errors, names
+
+
+def _resample_identical(plans: list[SlotPlan], results: dict, names: dict) -> set[int]:
+    """Sample slot B again, once, with another seed, where both texts of a task came out identical; return the
+    tasks still identical after that (they are stored, flagged in their note)."""
+    identical = [
+        plan for plan in plans
+        if plan.slot == "B" and (plan.task_id, "A") in results and (plan.task_id, "B") in results
+        and results[(plan.task_id, "A")][0].text == results[(plan.task_id, "B")][0].text
+    ]
+    if not identical:
+        return set()
+    again = [
+        SlotPlan(plan.task_id, "B", plan.checkpoint, plan.messages,
+                 replace(plan.params, seed=plan.params.seed + RESAMPLE_SEED_OFFSET))
+        for plan in identical
+    ]
+    retried, _, _, retried_names = _sample(again)
+    still = set()
+    for plan in again:
+        key = (plan.task_id, "B")
+        if key in retried:
+            results[key], names[key] = retried[key], retried_names[key]
+        if results[key][0].text == results[(plan.task_id, "A")][0].text:
+            still.add(plan.task_id)
+    return still
+
+
+IDENTICAL_NOTE = ("Flagged: both responses are identical, also after slot B was sampled again with another seed; "
+                  "there is nothing to choose between them.")
 
 
 def sample_pairs(task_id: int) -> list[int]:
     """Claim ``task_id`` (and other pending tasks), sample their pairs and store them.
 
-    Returns the ids of tasks made ready. Raises ``TaskBusy`` when another worker holds the task. A task
-    whose sampling raised shows the error and is sent again with backoff until it has had
-    ``LADDER_SAMPLING_MAX_RETRIES`` retries, then it is marked failed; the other tasks are unaffected."""
-    claimed = claim_tasks(task_id)
-    if task_id not in claimed:
-        task = ComparisonTask.objects.filter(pk=task_id).values("status", "sampling_claimed_until").first()
-        if task and task["status"] == ComparisonTask.Status.GENERATING and task["sampling_claimed_until"]:
-            remaining = (task["sampling_claimed_until"] - timezone.now()).total_seconds()
-            if remaining > 0:
-                raise TaskBusy(task_id, remaining)
-    if not claimed:
+    Returns the ids of tasks made ready. When another worker holds ``task_id`` the job samples the other tasks
+    it claimed and leaves that one to its holder. A task whose sampling raised shows the error and is sent again
+    with backoff until it has had ``LADDER_SAMPLING_MAX_RETRIES`` retries, then it is marked failed; a refused
+    pair (the batch's setting, a prompt too long) fails at once; the other tasks are unaffected. Whatever the
+    job claimed and did not store is released."""
+    job = claim(task_id)
+    if not job.ids:
         return []
+    try:
+        return _sample_claimed(job)
+    finally:
+        release_claims(job.ids, until=job.until)
+
+
+def _sample_claimed(job: Claim) -> list[int]:
+    limit = settings.LADDER_SAMPLING_MAX_RETRIES
+    for worn_id, attempts in job.lapsed_attempts.items():
+        if attempts > limit:
+            record_failure(worn_id, f"Failed after {attempts} attempts: the worker sampling it stopped each time "
+                           "(killed, or out of memory) before it stored the pair.", final=True)
     tasks = list(
-        ComparisonTask.objects.filter(pk__in=claimed)
-        .select_related("batch", "batch__checkpoint_a", "batch__checkpoint_b", "dialogue")
+        ComparisonTask.objects.filter(pk__in=job.ids, status=ComparisonTask.Status.GENERATING)
+        .exclude(pk__in=[pk for pk, attempts in job.lapsed_attempts.items() if attempts > limit])
+        .select_related("batch", "batch__checkpoint_a", "batch__checkpoint_b", "batch__checkpoint_a__parent",
+                        "dialogue")
         .prefetch_related("dialogue__turns")
     )
-    plans = [plan for task in tasks for plan in plan_slots(task)]
-    try:
-        results, refused, errors, names = _sample(plans)
-    except Exception:
-        release_claims(claimed)
-        raise
+    plans: list[SlotPlan] = []
+    settings_of: dict[int, PairSetting] = {}
+    for task in tasks:
+        if task.batch_id not in settings_of:
+            settings_of[task.batch_id] = PairSetting.of(task.batch)
+        try:
+            plans.extend(plan_slots(task, settings_of[task.batch_id]))
+        except PairRefused as exc:
+            record_failure(task.pk, f"Pair refused: {exc}", final=True)
+    results, refused, errors, names = _sample(plans)
     for failed_id, reason in refused.items():
         fail_tasks([failed_id], f"Prompt refused: {reason}")
     failed = set(refused) | set(errors)
-    ready = store_pairs([p for p in plans if p.task_id not in failed], results, names)
-    attempts = dict(ComparisonTask.objects.filter(pk__in=list(errors)).values_list("pk", "generation_attempts"))
+    kept = [p for p in plans if p.task_id not in failed]
+    identical = _resample_identical(kept, results, names)
+    ready = store_pairs(kept, results, names, identical=identical)
     for failed_id, error in errors.items():
-        _retry_or_fail(failed_id, error, attempts.get(failed_id, 1))
+        _retry_or_fail(failed_id, error)
     return ready
 
 
-def _retry_or_fail(task_id: int, error: str, attempt: int) -> None:
+def _retry_or_fail(task_id: int, error: str) -> None:
+    """Count a real failure; send the task again with backoff, or mark it failed after the last retry."""
     limit = settings.LADDER_SAMPLING_MAX_RETRIES
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE annotation_comparisontask SET generation_attempts = generation_attempts + 1 "
+            "WHERE id = %s AND status = 'generating' RETURNING generation_attempts", [task_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return
+    attempt = row[0]
     if attempt > limit:
         record_failure(task_id, f"Failed after {attempt} attempts: {error}", final=True)
         return
@@ -224,7 +312,9 @@ def _retry_or_fail(task_id: int, error: str, attempt: int) -> None:
     enqueue_generation([task_id], countdown=min(60, 2 ** (attempt - 1)))
 
 
-def store_pairs(plans: list[SlotPlan], results: dict, names: dict) -> list[int]:
+def store_pairs(
+    plans: list[SlotPlan], results: dict, names: dict, *, identical: AbstractSet[int] = frozenset()
+) -> list[int]:
     """Store both responses of each planned task and make it ready, once; return the ids made ready.
 
     One transaction for the whole batch: the task rows are locked, responses inserted with
@@ -260,7 +350,10 @@ def store_pairs(plans: list[SlotPlan], results: dict, names: dict) -> list[int]:
             task.status = ComparisonTask.Status.READY
             task.error = ""
             task.sampling_claimed_until = None
-            task.note = _truncation_note([results[(task.pk, slot)][0] for slot in "AB"])
+            notes = [_truncation_note([results[(task.pk, slot)][0] for slot in "AB"])]
+            if task.pk in identical:
+                notes.append(IDENTICAL_NOTE)
+            task.note = " ".join(n for n in notes if n)
         ComparisonTask.objects.bulk_update(
             tasks.values(), ["response_a", "response_b", "status", "error", "sampling_claimed_until", "note"]
         )
@@ -278,10 +371,13 @@ def _truncation_note(outputs) -> str:
     return ""
 
 
-def release_claims(task_ids: list[int]) -> None:
-    ComparisonTask.objects.filter(pk__in=task_ids, status=ComparisonTask.Status.GENERATING).update(
-        sampling_claimed_until=None
-    )
+def release_claims(task_ids: list[int], *, until: datetime | None = None) -> None:
+    """Release the claims on tasks still generating (only the claim ``until`` names, when given: a claim that
+    lapsed and was taken by another worker is theirs)."""
+    tasks = ComparisonTask.objects.filter(pk__in=task_ids, status=ComparisonTask.Status.GENERATING)
+    if until is not None:
+        tasks = tasks.filter(sampling_claimed_until=until)
+    tasks.update(sampling_claimed_until=None)
 
 
 def record_failure(task_id: int, error: str, *, final: bool) -> None:

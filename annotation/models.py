@@ -303,6 +303,13 @@ class ComparisonTask(models.Model):
     sampling_claimed_until = models.DateTimeField(
         null=True, blank=True, help_text="A worker is sampling this task's pair until then."
     )
+    sampling_sent_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a sampling job was last sent to the workers for this task."
+    )
+    sampling_requeued_for = models.DateTimeField(
+        null=True, blank=True,
+        help_text="The lapsed claim (its sampling_claimed_until) a job was sent again for: once per lapse.",
+    )
     request_key = models.UUIDField(
         null=True, blank=True, unique=True,
         help_text="Idempotency key of the prompt or continuation that created it: a replay returns this task.",
@@ -501,7 +508,8 @@ class PolicyCheckpoint(models.Model):
     """A registry entry for a model that produces (policy) or scores (reward models) responses.
 
     Registered by path through ``annotation.checkpoints.register_checkpoint``, which refuses a path that does not
-    load. An empty path stands for the built-in deterministic demo sampler.
+    load. An empty path stands for the deterministic stand-in sampler (not a model), and is refused unless a setting
+    enables that sampler (``LADDER_DEMO_SAMPLER``: the tests and demos).
     """
 
     class Role(models.TextChoices):
@@ -511,7 +519,8 @@ class PolicyCheckpoint(models.Model):
 
     name = models.CharField(max_length=200, unique=True, help_text="e.g. sft-v0, rlhf-v1")
     path = models.CharField(
-        max_length=1000, blank=True, help_text="Local checkpoint directory; empty for the built-in demo sampler."
+        max_length=1000, blank=True,
+        help_text="Local checkpoint directory. Empty: the stand-in sampler (not a model), where a setting enables it.",
     )
     role = models.CharField(max_length=30, choices=Role.choices, default=Role.POLICY)
     parent = models.ForeignKey(

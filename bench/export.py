@@ -69,6 +69,7 @@ def child(mode: str, out: str, batches: str) -> int:
     from django.db import connection, transaction
 
     from rlhf import exports
+    from rlhf.exports.sql import SESSION_SQL
 
     options = exports.ExportOptions.from_params({"batches": batches})
     start_kb = status_kb("VmRSS")
@@ -76,7 +77,7 @@ def child(mode: str, out: str, batches: str) -> int:
     if mode == "copy":
         sql, params = exports.rows_sql(options)
         with transaction.atomic(), connection.cursor() as cursor, open(out, "wb") as fh:
-            cursor.execute(exports.SESSION_SQL)  # the export's own session settings (JIT off)
+            cursor.execute(SESSION_SQL)  # the export's own session settings (JIT off)
             with cursor.cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy:
                 for data in copy:
                     fh.write(data)

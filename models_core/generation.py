@@ -4,6 +4,10 @@
 easy to get subtly wrong live here once: no doubled BOS, left padding, a context budget that leaves room for
 ``max_new_tokens``, decoding that stops at the first EOS, and seeded sampling that does not disturb the caller's
 global RNG.
+
+Seeds are per row: each reply is drawn from its own ``torch.Generator``, so a reply depends on its dialogue, its
+parameters and its seed only, never on the other rows it was batched with. Re-generating one stored response alone
+with its stored seed gives its text again (same checkpoint, same device type: CPU and CUDA generators differ).
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import gc
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from models_core.chat_format import render_prompt
 from models_core.loading import LoadedPolicy, load_policy
@@ -97,6 +103,38 @@ def _completion_length(new_ids: list[int], eos_ids: set[int]) -> int:
     return len(new_ids)
 
 
+class RowSeededSampling(LogitsProcessor):
+    """Temperature, nucleus (top-p) and the draw itself, each row with its own seeded generator.
+
+    ``generate`` samples every row from the one global RNG, so a row's reply would depend on which rows share its
+    batch. This processor draws each row's next token from that row's generator and leaves only that token
+    possible; ``generate`` then runs greedy (``do_sample=False``) and takes it. The earlier processors
+    ``generate`` adds (``min_new_tokens``) still apply, as they see the scores first."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device):
+        if temperature <= 0:
+            raise ValueError("RowSeededSampling needs temperature > 0 (temperature 0 is greedy decoding)")
+        self.temperature = temperature
+        self.top_p = top_p
+        self.generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # (B, V)
+        if self.top_p < 1.0:
+            # The smallest set of tokens whose probability reaches top_p (at least the most likely one), as
+            # transformers' TopPLogitsWarper keeps it.
+            sorted_probs, order = torch.sort(probs, descending=True, dim=-1)  # (B, V)
+            before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # (B, V) mass of the tokens ranked above
+            drop = before >= self.top_p
+            drop[:, 0] = False
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        chosen = torch.stack([
+            torch.multinomial(probs[row], 1, generator=generator) for row, generator in enumerate(self.generators)
+        ])  # (B, 1)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, chosen, 0.0)  # (B, V): one token possible
+
+
 def generate_batch(
     policy: LoadedPolicy,
     dialogues: list[list[dict[str, str]]],
@@ -104,15 +142,21 @@ def generate_batch(
     *,
     system_prompt: str | None = None,
     overflow: str = "truncate",
+    seeds: Sequence[int] | None = None,
 ) -> list[GeneratedText]:
     """One reply per dialogue, from a single ``model.generate`` call over the left-padded batch.
 
-    Sampling is seeded with ``params.seed`` inside a forked RNG, so the same policy, dialogues and params give
-    the same texts, and the caller's random state is left as it was. ``temperature == 0`` means greedy."""
+    Row ``i`` is sampled with ``seeds[i]`` (``params.seed`` for every row when ``seeds`` is None) from its own
+    generator, so the same policy, dialogue, params and seed give the same text alone or in any batch, and the
+    caller's random state is left as it was. ``temperature == 0`` means greedy."""
     if overflow not in OVERFLOW_CHOICES:
         raise ValueError(f"overflow must be one of {OVERFLOW_CHOICES}, not {overflow!r}")
     if not dialogues:
         return []
+    if seeds is None:
+        seeds = [params.seed] * len(dialogues)
+    if len(seeds) != len(dialogues):
+        raise ValueError(f"Need one seed per dialogue: {len(seeds)} seeds for {len(dialogues)} dialogues")
     if params.max_new_tokens < 1 or not 0 <= params.min_new_tokens <= params.max_new_tokens:
         raise ValueError("Need 1 <= max_new_tokens and 0 <= min_new_tokens <= max_new_tokens")
     budget = policy.context_length - params.max_new_tokens
@@ -139,16 +183,16 @@ def generate_batch(
         input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, width - len(ids):] = 1
 
-    sampling: dict[str, Any] = {"do_sample": params.temperature > 0}
+    # Decoding is greedy over scores the row sampler has already drawn from, so the temperature, top-p and top-k
+    # a checkpoint's generation config may carry are switched off: the paper samples with temperature and
+    # nucleus (top-p) only, and SamplingParams is the single source of those choices.
+    sampling: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     if params.temperature > 0:
-        # top_k=0 switches off the top-k filter a checkpoint's generation config may carry: the paper samples
-        # with temperature and nucleus (top-p) only, and SamplingParams is the single source of those choices.
-        sampling.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-    else:
-        sampling.update(temperature=None, top_p=None, top_k=None)
+        sampling["logits_processor"] = LogitsProcessorList(
+            [RowSeededSampling(seeds, params.temperature, params.top_p, policy.device)]
+        )
     devices = [policy.device] if policy.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.inference_mode():
-        torch.manual_seed(params.seed)
         output = policy.model.generate(
             input_ids=input_ids.to(policy.device),
             attention_mask=attention_mask.to(policy.device),
@@ -255,11 +299,13 @@ class HFPolicySampler:
         checkpoint_uri: str | Path,
         overflow: str = "truncate",
         system_prompt: str | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[GeneratedText]:
-        """One reply per dialogue with the same params, in one batched ``generate`` call."""
+        """One reply per dialogue with the same params (and, if given, its own seed), in one ``generate`` call."""
         policy = self.policy(checkpoint_uri)
         with self._lock:
-            return generate_batch(policy, dialogues, params, system_prompt=system_prompt, overflow=overflow)
+            return generate_batch(policy, dialogues, params, system_prompt=system_prompt, overflow=overflow,
+                                  seeds=seeds)
 
     def sample(
         self, messages: list[dict[str, str]], params: list[SamplingParams], checkpoint_uri: str | None

@@ -50,6 +50,7 @@ def start_worker(log_name: str = "worker.log", **extra_env: str):
              "--loglevel", "INFO"],
             cwd=settings.BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
+    proc.log = log
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -59,6 +60,20 @@ def start_worker(log_name: str = "worker.log", **extra_env: str):
             return proc
     proc.kill()
     raise RuntimeError(f"worker did not start:\n{log.read_text()}")
+
+
+def start_workers(count: int, log_prefix: str = "worker", **extra_env: str) -> list:
+    """``count`` real worker processes on the same queues (as docker-compose may run several), each with its own
+    log (``<log_prefix>-<n>.log``); stopped again if one fails to start."""
+    workers: list = []
+    try:
+        for n in range(count):
+            workers.append(start_worker(f"{log_prefix}-{n}.log", **extra_env))
+    except BaseException:
+        for worker in workers:
+            stop_worker(worker)
+        raise
+    return workers
 
 
 def stop_worker(proc) -> None:
@@ -78,6 +93,15 @@ def celery_worker_process(transactional_db):
     proc = start_worker()
     yield proc
     stop_worker(proc)
+
+
+@pytest.fixture
+def two_celery_worker_processes(transactional_db):
+    """Two real workers on the same queues, competing for the same jobs."""
+    workers = start_workers(2, "worker-two")
+    yield workers
+    for worker in workers:
+        stop_worker(worker)
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,9 @@ def label_all(user, batch, labels):
     return comparisons
 
 
+STAND_IN = "deterministic-demo-sampler"
+
+
 def import_rows(batch, source, chosen):
     """Imported comparisons as an import writes them: no annotator, no strength, a source name."""
     tasks = make_pairs(batch, len(chosen))
@@ -57,8 +60,9 @@ def data():
     helpfulness = BatchFactory(name="Week 1 helpfulness", annotators=[alice], heldout_count=2)
     tasks = make_pairs(helpfulness, 4) + make_pairs(helpfulness, 1, turns=MULTI_TURN)
     for task in tasks:
-        Response.objects.filter(pk=task.response_a_id).update(checkpoint=sft, temperature=0.7)
-        Response.objects.filter(pk=task.response_b_id).update(checkpoint=rlhf_v1, temperature=1.0)
+        Response.objects.filter(pk=task.response_a_id).update(checkpoint=sft, temperature=0.7, generator=STAND_IN)
+        Response.objects.filter(pk=task.response_b_id).update(checkpoint=rlhf_v1, temperature=1.0,
+                                                              generator="hf-policy")
     L = services.LabelInput
     help_rows = label_all(alice, helpfulness, [
         L("A", "significantly_better"), L("B", "better"), L("A", "slightly_better"), L("B", "negligibly_better"),
@@ -130,6 +134,8 @@ def test_a_helpfulness_row_has_every_column_with_the_chosen_slot_first(data):
         "annotator": pseudonym(data["alice"]),
         "chosen_checkpoint": "sft-v0",
         "rejected_checkpoint": "rlhf-v1",
+        "chosen_generator": "deterministic-demo-sampler:sft-v0",
+        "rejected_generator": "hf-policy:rlhf-v1",
         "chosen_temperature": 0.7,
         "rejected_temperature": 1.0,
         "comparison_id": comparison.pk,
@@ -143,6 +149,7 @@ def test_choosing_b_swaps_texts_checkpoints_and_temperatures(data):
     assert row["chosen"] == [{"role": "assistant", "content": "Answer B to 1"}]
     assert row["rejected"] == [{"role": "assistant", "content": "Answer A to 1"}]
     assert (row["chosen_checkpoint"], row["rejected_checkpoint"]) == ("rlhf-v1", "sft-v0")
+    assert (row["chosen_generator"], row["rejected_generator"]) == ("hf-policy:rlhf-v1", f"{STAND_IN}:sft-v0")
     assert (row["chosen_temperature"], row["rejected_temperature"]) == (1.0, 0.7)
 
 
@@ -183,6 +190,7 @@ def test_imported_rows_have_no_annotator_and_no_strength(data):
         "annotator": None, "strength": None, "margin": 0.0, "source": HARMLESS, "batch": "Imported: anthropic",
         "chosen_checkpoint": None}
     assert row["chosen"] == [{"role": "assistant", "content": "Answer B to 1"}]
+    assert (row["chosen_generator"], row["rejected_generator"]) == ("test", "test"), "the import's own source"
 
 
 def test_annotators_are_stable_pseudonyms_not_user_names(data, settings):

@@ -51,6 +51,37 @@ def test_the_same_seed_gives_the_same_texts_and_another_seed_different_ones(poli
     assert [r.text for r in first] != [r.text for r in other]
 
 
+def test_each_row_alone_with_its_seed_gives_the_text_it_got_in_the_batch(policy):
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=16, seed=0)
+    seeds = [11, 12, 13]
+    batched = generate_batch(policy, DIALOGUES, params, seeds=seeds)
+    for dialogue, seed, result in zip(DIALOGUES, seeds, batched, strict=True):
+        alone = generate_batch(policy, [dialogue], SamplingParams(**{**params.__dict__, "seed": seed}))[0]
+        assert alone.text == result.text and alone.completion_tokens == result.completion_tokens
+    # In another batch (another neighbour, another position) a row keeps its text too.
+    reordered = generate_batch(policy, [DIALOGUES[2], DIALOGUES[0]], params, seeds=[13, 11])
+    assert [r.text for r in reordered] == [batched[2].text, batched[0].text]
+
+
+def test_one_seed_per_dialogue_is_required(policy):
+    with pytest.raises(ValueError, match="one seed per dialogue"):
+        generate_batch(policy, DIALOGUES, SamplingParams(temperature=1.0, max_new_tokens=2), seeds=[1, 2])
+
+
+def test_top_p_keeps_only_the_nucleus(policy):
+    from models_core.generation import RowSeededSampling
+
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))  # (1, V)
+    seen = set()
+    for seed in range(200):
+        out = RowSeededSampling([seed], temperature=1.0, top_p=0.75, device=torch.device("cpu"))(None, scores)
+        seen.add(int(out.argmax()))
+        assert torch.isfinite(out).sum() == 1
+    assert seen == {0, 1}, "0.5 + 0.3 reach top_p = 0.75; the two unlikely tokens are never drawn"
+    tiny_p = RowSeededSampling([0], temperature=1.0, top_p=0.0, device=torch.device("cpu"))(None, scores)
+    assert int(tiny_p.argmax()) == 0 and torch.isfinite(tiny_p).sum() == 1, "the most likely token always stays"
+
+
 def test_temperature_zero_is_greedy_and_ignores_the_seed(policy):
     one = generate_batch(policy, DIALOGUES[:1], SamplingParams(temperature=0.0, max_new_tokens=8, seed=1))
     two = generate_batch(policy, DIALOGUES[:1], SamplingParams(temperature=0.0, max_new_tokens=8, seed=2))

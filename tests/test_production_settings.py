@@ -113,6 +113,14 @@ def test_malformed_setting_stops_start_up(name, value, message):
     assert message in result.stderr
 
 
+def test_production_refuses_to_start_with_the_stand_in_sampler():
+    result = manage(production_env(LADDER_DEMO_SAMPLER="models_core.sampling.DeterministicDemoSampler"), "check")
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert "LADDER_DEMO_SAMPLER='models_core.sampling.DeterministicDemoSampler'" in result.stderr
+    assert "not production" in result.stderr
+
+
 # --- .env.example ----------------------------------------------------------------------------------------------
 
 _ENV_CALL = re.compile(r'\benv_\w+\(\s*"([A-Z][A-Z0-9_]*)"')

@@ -15,15 +15,12 @@ logger = logging.getLogger(__name__)
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 
 
-@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
+@shared_task(acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
              max_retries=5)
-def generate_task_responses(self, task_id: int) -> list[int]:
-    """Sample the pair of ``task_id`` (and of other pending tasks, batched)."""
-    try:
-        return generation.sample_pairs(task_id)
-    except generation.TaskBusy as busy:
-        # Another worker holds it: not a failure, and not counted against the retry limit.
-        raise self.retry(countdown=min(busy.seconds + 1, 10), max_retries=None) from None
+def generate_task_responses(task_id: int) -> list[int]:
+    """Sample the pair of ``task_id`` (and of other pending tasks, batched). A task another worker holds is
+    left to that worker, without a retry: if it stops, its claim lapses and the requeue sends the task once."""
+    return generation.sample_pairs(task_id)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,

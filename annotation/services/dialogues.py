@@ -24,6 +24,7 @@ from annotation.models import (
     RiskCategory,
     Turn,
 )
+from annotation.pair_setting import check_pair_setting
 from annotation.services.enqueue import enqueue_generation
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def start_prompt_task(
         return replayed
     if batch.status != AnnotationBatch.Status.OPEN:
         raise ValidationError({"prompt": "This batch is closed."})
+    check_pair_setting(batch)
     text = validate_prompt(prompt)
     if risk_category and risk_category not in RiskCategory.values:
         raise ValidationError({"risk_category": "Unknown risk category."})
@@ -117,6 +119,7 @@ def continue_dialogue(
             task = comparison.task
             if task.batch.status != AnnotationBatch.Status.OPEN:
                 raise ValidationError({"prompt": "This batch is closed."})
+            check_pair_setting(task.batch)
             dialogue = Dialogue.objects.select_for_update().get(pk=task.dialogue_id)
             turns = list(dialogue.turns.order_by("index")[: task.turn_index])
             already_continued = dialogue.turns.filter(index__gte=task.turn_index).exists()

@@ -8,8 +8,10 @@ import random
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotation.models import (
@@ -20,6 +22,7 @@ from annotation.models import (
     Response,
     Turn,
 )
+from annotation.pair_setting import pair_setting_problem
 from annotation.services.dialogues import validate_prompt
 from annotation.services.enqueue import enqueue_generation
 
@@ -97,6 +100,10 @@ def refill_queue(batch_id: int, *, enqueue: bool = True) -> list[ComparisonTask]
         batch = AnnotationBatch.objects.select_for_update().get(pk=batch_id)
         if batch.status != AnnotationBatch.Status.OPEN:
             return []
+        if (problem := pair_setting_problem(batch)) is not None:
+            # No tasks the workers would refuse: the admin shows the same message on the batch.
+            logger.warning("Not refilling batch %s: %s", batch.pk, problem)
+            return []
         # Unlabelled means open: a task that reached its overlap is complete and no longer counts.
         pending = ComparisonTask.objects.filter(
             batch=batch, owner__isnull=True, status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.GENERATING]
@@ -123,16 +130,45 @@ def refill_queue(batch_id: int, *, enqueue: bool = True) -> list[ComparisonTask]
         return tasks
 
 
-def requeue_stalled_generation(older_than_seconds: int = 300) -> int:
-    """Send again the tasks whose sampling job was lost (a broker flushed, a claim that lapsed)."""
-    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    stalled = list(
-        ComparisonTask.objects.filter(status=ComparisonTask.Status.GENERATING, created_at__lt=cutoff)
-        .filter(models.Q(sampling_claimed_until__isnull=True) | models.Q(sampling_claimed_until__lt=timezone.now()))
-        .values_list("pk", flat=True)[:500]
-    )
-    enqueue_generation(stalled)
-    return len(stalled)
+def requeue_stalled_generation(older_than_seconds: int | None = None) -> int:
+    """Send again the tasks whose sampling job was lost, once per loss; return how many were sent.
+
+    Two losses are told apart from a task that is only waiting its turn:
+
+    * a claim that lapsed: a worker took the task and stopped (killed, out of memory) before storing it. Sent
+      once per lapse: ``sampling_requeued_for`` records the lapsed claim it was sent for, and a new claim that
+      lapses again is a new lapse.
+    * a job sent (or due to be sent) at least ``older_than_seconds`` ago (``LADDER_SAMPLING_RESEND_SECONDS``) that
+      no worker ever took up, while the sampling queue holds no waiting message: its message is gone (a flushed
+      broker, a send that failed). While messages wait, nothing is sent: each waiting job claims pending tasks
+      with it, so a task in a long queue is never sent twice. Sending notes the time, so once per send.
+    """
+    from annotation.services.enqueue import waiting_sampling_jobs
+
+    now = timezone.now()
+    resend = settings.LADDER_SAMPLING_RESEND_SECONDS if older_than_seconds is None else older_than_seconds
+    generating = ComparisonTask.objects.filter(status=ComparisonTask.Status.GENERATING)
+    with transaction.atomic():
+        lapsed = list(
+            generating.filter(sampling_claimed_until__lt=now)
+            .filter(models.Q(sampling_requeued_for__isnull=True)
+                    | ~models.Q(sampling_requeued_for=models.F("sampling_claimed_until")))
+            .select_for_update(skip_locked=True).values_list("pk", flat=True)[:500]
+        )
+        ComparisonTask.objects.filter(pk__in=lapsed).update(sampling_requeued_for=models.F("sampling_claimed_until"))
+        lost: list[int] = []
+        if waiting_sampling_jobs() == 0:
+            lost = list(
+                generating.filter(sampling_claimed_until__isnull=True)
+                .annotate(sent=Coalesce("sampling_sent_at", "created_at"))
+                .filter(sent__lt=now - timedelta(seconds=resend))
+                .select_for_update(skip_locked=True, of=("self",)).values_list("pk", flat=True)[:500]
+            )
+        ids = lapsed + lost
+        transaction.on_commit(lambda: enqueue_generation(ids))
+    if ids:
+        logger.info("Sent %d sampling jobs again (%d lapsed claims, %d lost jobs).", len(ids), len(lapsed), len(lost))
+    return len(ids)
 
 
 def refill_all_queues() -> dict[int, int]:

@@ -24,9 +24,12 @@ LADDER_SYSTEM_PROMPT = env_str("LADDER_SYSTEM_PROMPT", "")
 # A prompt longer than the model's context: "truncate" (from the left, noted on the task) or "refuse".
 LADDER_CONTEXT_OVERFLOW = env_choice("LADDER_CONTEXT_OVERFLOW", "truncate", ["truncate", "refuse"])
 # Samplers: a dotted path to a callable returning a ResponseSampler. LADDER_SAMPLER serves checkpoints
-# with a path (real models, kept loaded by each worker); LADDER_DEMO_SAMPLER serves those without one.
+# with a path (real models, kept loaded by each worker). LADDER_DEMO_SAMPLER is the deterministic stand-in
+# (not a language model) for checkpoints without a path, and for batches when no policy is registered; empty
+# (the default): no stand-in, such checkpoints are refused at registration and such pairs are refused.
+# The test settings name it; the production settings refuse to start with it.
 LADDER_SAMPLER = env_str("LADDER_SAMPLER", "annotation.generation.policy_sampler")
-LADDER_DEMO_SAMPLER = env_str("LADDER_DEMO_SAMPLER", "models_core.sampling.DeterministicDemoSampler")
+LADDER_DEMO_SAMPLER = env_str("LADDER_DEMO_SAMPLER", "")
 # Models a worker keeps loaded at once (one per checkpoint, least recently used evicted).
 LADDER_SAMPLER_MAX_MODELS = env_int("LADDER_SAMPLER_MAX_MODELS", 2, minimum=1)
 # Where and in what precision workers run policies: "auto" is CUDA with bf16 where present, else CPU fp32.
@@ -38,6 +41,10 @@ LADDER_SAMPLING_BATCH_SIZE = env_int("LADDER_SAMPLING_BATCH_SIZE", 16, minimum=1
 LADDER_SAMPLING_CLAIM_SECONDS = env_int("LADDER_SAMPLING_CLAIM_SECONDS", 600, minimum=1)
 # Attempts after a failed generation before the task is marked failed.
 LADDER_SAMPLING_MAX_RETRIES = env_int("LADDER_SAMPLING_MAX_RETRIES", 3, minimum=0)
+# A task sent to the sampling queue and never taken up is sent again after this long, once per send, and only
+# while the sampling queue is empty (its message was lost, e.g. the broker was flushed; a task merely waiting
+# in a long queue is never sent twice). A task whose worker died is sent again once its claim lapses.
+LADDER_SAMPLING_RESEND_SECONDS = env_int("LADDER_SAMPLING_RESEND_SECONDS", 300, minimum=1)
 # Queue refill: unlabelled pairs kept ready per open batch with a prompt pool (a batch may override).
 LADDER_QUEUE_MIN_READY = env_int("LADDER_QUEUE_MIN_READY", 20, minimum=0)
 LADDER_QUEUE_REFILL_SECONDS = env_int("LADDER_QUEUE_REFILL_SECONDS", 30, minimum=1)

@@ -10,11 +10,15 @@ unchanged)::
                 "large" 3, 2, 1, 0 for significantly better .. negligibly better; 0.0 for imported rows
                 without a strength; with ``margin="none"`` the column is left out (plain Eq. 1 loss)
     strength, focus, safety_category, chosen_safe, rejected_safe, source, batch, split, annotator,
-    chosen_checkpoint, rejected_checkpoint, chosen_temperature, rejected_temperature, comparison_id,
-    created_at (ISO 8601)
+    chosen_checkpoint, rejected_checkpoint, chosen_generator, rejected_generator, chosen_temperature,
+    rejected_temperature, comparison_id, created_at (ISO 8601)
     chosen_slot "A" or "B": the stored slot (response A or B of the task) the chosen response is in
     shown_order "AB" or "BA": the slots left to right as the annotator saw them ("BA": slot B was shown
                 left, as letter A); the letter chosen follows from the two
+
+``chosen_generator``/``rejected_generator`` name what wrote each response: ``<sampler>:<checkpoint>`` for
+sampled ones (``hf-policy:sft-v0``; ``deterministic-demo-sampler:...`` is the stand-in, not a model), else the
+import source, so that stand-in text never enters a reward-model dataset unnoticed.
 
 ``annotator`` is a pseudonym (the first 16 hex digits of HMAC-SHA256 of the user id, keyed with
 ``LADDER_PSEUDONYM_KEY`` or else ``SECRET_KEY``), never the user name; imported rows have none.

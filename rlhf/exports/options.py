@@ -34,7 +34,7 @@ FORMATS = ("jsonl", "parquet")
 COLUMNS = (
     "prompt", "chosen", "rejected", "margin", "strength", "focus", "safety_category", "chosen_safe",
     "rejected_safe", "chosen_slot", "shown_order", "source", "batch", "split", "annotator", "chosen_checkpoint",
-    "rejected_checkpoint",
+    "rejected_checkpoint", "chosen_generator", "rejected_generator",
     "chosen_temperature", "rejected_temperature", "comparison_id", "created_at",
 )
 FETCH_ROWS = 2_000  # rows per FETCH from the server-side cursor, and per JSONL chunk

@@ -19,7 +19,8 @@ def parquet_schema(options: ExportOptions):
         "margin": pa.float64(), "strength": pa.string(), "focus": pa.string(), "safety_category": pa.string(),
         "chosen_safe": pa.bool_(), "rejected_safe": pa.bool_(), "source": pa.string(), "batch": pa.string(),
         "split": pa.string(), "annotator": pa.string(), "chosen_checkpoint": pa.string(),
-        "rejected_checkpoint": pa.string(), "chosen_temperature": pa.float64(), "rejected_temperature": pa.float64(),
+        "rejected_checkpoint": pa.string(), "chosen_generator": pa.string(), "rejected_generator": pa.string(),
+        "chosen_temperature": pa.float64(), "rejected_temperature": pa.float64(),
         "comparison_id": pa.int64(), "created_at": pa.string(),
         "chosen_slot": pa.string(), "shown_order": pa.string(),
     }

@@ -52,7 +52,8 @@ def _columns(block: list[tuple], margins: dict[str, float] | None,
              pseudonym: Callable[[int | None], str | None]) -> dict[str, Sequence[Any]]:
     """One block of the SELECT's rows turned into the export's columns."""
     (prompt, chosen, rejected, strength, focus, category, chosen_safe, rejected_safe, chosen_slot, shown_order,
-     source, batch, is_test, annotator_id, chosen_ckpt, rejected_ckpt, chosen_temp, rejected_temp, pk,
+     source, batch, is_test, annotator_id, chosen_ckpt, rejected_ckpt, chosen_gen, rejected_gen, chosen_temp,
+     rejected_temp, pk,
      created_at) = zip(*block, strict=True)
     columns: dict[str, Sequence[Any]] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     if margins is not None:
@@ -62,7 +63,8 @@ def _columns(block: list[tuple], margins: dict[str, float] | None,
         rejected_safe=rejected_safe, chosen_slot=chosen_slot, shown_order=shown_order, source=source, batch=batch,
         split=["test" if t else "train" for t in is_test],
         annotator=[pseudonym(a) for a in annotator_id], chosen_checkpoint=chosen_ckpt,
-        rejected_checkpoint=rejected_ckpt, chosen_temperature=chosen_temp,
+        rejected_checkpoint=rejected_ckpt, chosen_generator=chosen_gen, rejected_generator=rejected_gen,
+        chosen_temperature=chosen_temp,
         rejected_temperature=rejected_temp, comparison_id=pk, created_at=created_at,
     )
     return columns

@@ -53,6 +53,13 @@ FROM annotation_comparison c
 JOIN annotation_comparisontask t ON t.id = c.task_id
 JOIN annotation_annotationbatch b ON b.id = t.batch_id"""
 
+# What wrote a response: "<sampler>:<checkpoint>" for sampled ones ("hf-policy:sft-v0", or
+# "deterministic-demo-sampler:sft-v0" for the stand-in, which is not a model), else the sampler or the import
+# source recorded on the response ("anthropic-hh-rlhf"), so that no stand-in text enters a dataset unnoticed.
+_GENERATOR = ("(CASE WHEN {k}.name IS NULL THEN NULLIF({r}.generator, '') "
+              "ELSE coalesce(NULLIF({r}.generator, ''), 'unknown') || ':' || {k}.name END)")
+_GEN_A, _GEN_B = _GENERATOR.format(r="ra", k="ka"), _GENERATOR.format(r="rb", k="kb")
+
 _ROWS = """
 SELECT
     p.prompt,
@@ -71,6 +78,8 @@ SELECT
     c.annotator_id,
     CASE WHEN c.chosen = 'A' THEN ka.name ELSE kb.name END,
     CASE WHEN c.chosen = 'A' THEN kb.name ELSE ka.name END,
+    CASE WHEN c.chosen = 'A' THEN """ + _GEN_A + " ELSE " + _GEN_B + """ END,
+    CASE WHEN c.chosen = 'A' THEN """ + _GEN_B + " ELSE " + _GEN_A + """ END,
     CASE WHEN c.chosen = 'A' THEN ra.temperature ELSE rb.temperature END,
     CASE WHEN c.chosen = 'A' THEN rb.temperature ELSE ra.temperature END,
     c.id,
