@@ -25,12 +25,13 @@ def shown_path(path: str) -> str:
 
 def check_text_arguments(options: dict, names: tuple[str, ...]) -> None:
     """Refuse command-line text that is not valid UTF-8 (Python hands such argv bytes over as surrogates,
-    which no database text can hold)."""
+    which no database text can hold). Paths are not text: a file name that is not UTF-8 is opened as it is
+    and shown with escapes (``shown_path``)."""
     for name in names:
         value = options.get(name)
         if isinstance(value, str) and any("\ud800" <= ch <= "\udfff" for ch in value):
             shown = os.fsencode(value).decode("utf-8", "backslashreplace")
-            raise CommandError(f"--{name.replace('_', '-')} {shown!r} is not valid UTF-8 text.")
+            raise CommandError(f"--{name.replace('_', '-')} '{shown}' is not valid UTF-8 text.")
 
 
 def format_from_name(path: str, formats: dict[str, str]) -> str:

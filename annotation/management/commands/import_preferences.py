@@ -45,7 +45,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        check_text_arguments(options, ("file", "source", "rejects"))
+        check_text_arguments(options, ("source",))
         path = options["file"]
         shown = shown_path(path)
         if options["rejects"] and not options["skip_invalid"]:
