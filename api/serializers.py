@@ -175,3 +175,16 @@ class ImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     skipped = serializers.IntegerField()
     lines = serializers.IntegerField()
+
+
+class _RejectSerializer(serializers.Serializer):
+    line = serializers.IntegerField()
+    reason = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class PreferenceImportResultSerializer(ImportResultSerializer):
+    rejected = serializers.DictField(child=serializers.IntegerField(), help_text="Rows left out, by reason.")
+    rejects = _RejectSerializer(many=True, help_text="The first rows left out (line, reason, detail).")
+    rejects_truncated = serializers.BooleanField(help_text="More rows were left out than are listed.")
+    batches = serializers.ListField(child=serializers.CharField(), help_text="The batches the rows went to.")

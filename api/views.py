@@ -14,6 +14,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import api_view, parser_classes, permission_classes
+from rest_framework.exceptions import APIException, UnsupportedMediaType
 from rest_framework.parsers import FileUploadParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -32,6 +33,7 @@ from api.serializers import (
     ComparisonSerializer,
     DialogueSerializer,
     ImportResultSerializer,
+    PreferenceImportResultSerializer,
     PromptInputSerializer,
     PromptSerializer,
     ResponseSerializer,
@@ -229,28 +231,58 @@ class CheckpointViewSet(viewsets.ReadOnlyModelViewSet):
 
 # --- imports and exports --------------------------------------------------------------------------------
 
+class LengthRequired(APIException):
+    status_code = status.HTTP_411_LENGTH_REQUIRED
+    default_code = "length_required"
+
+
+# Raw bodies are read as they arrive. Form-encoded bodies are refused: Django may parse them as a form (CSRF
+# checks read request.POST), which would leave nothing to import.
+RAW_IMPORT_TYPES = (
+    "application/x-ndjson", "application/jsonl", "application/json", "application/octet-stream",
+    "text/plain", "text/csv", "application/gzip", "application/x-gzip",
+)
+HOW_TO_SEND = (
+    "Send the file as the multipart/form-data field 'file' (curl -F file=@data.jsonl), or as the raw body with "
+    f"a Content-Length and one of the types {', '.join(RAW_IMPORT_TYPES)} (curl --data-binary @data.jsonl); "
+    "gzip-compressed files are recognised either way."
+)
+
+
 def _upload(request: Request):
     """The uploaded file (multipart field ``file``) or the raw request body, as a binary stream."""
-    if request.content_type.startswith("multipart/"):
+    content_type = request.content_type.split(";")[0].strip().lower()
+    if content_type.startswith("multipart/"):
         upload = request.FILES.get("file")
         if upload is None:
             raise serializers.ValidationError({"file": ["Send the data as the multipart field 'file'."]})
         return upload
+    if content_type not in RAW_IMPORT_TYPES:
+        raise UnsupportedMediaType(content_type or "(none)", detail=f"Unsupported Content-Type {content_type!r}. "
+                                   + HOW_TO_SEND)
+    meta = request._request.META
+    if "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower():
+        # Django reads CONTENT_LENGTH bytes of the body, which a chunked request does not give: it would see
+        # an empty file. Servers that decode chunked bodies say so with wsgi.input_terminated (gunicorn).
+        if meta.get("wsgi.input_terminated"):
+            return meta["wsgi.input"]
+        raise LengthRequired("A chunked request body cannot be read by this server. " + HOW_TO_SEND)
     return request._request  # Django's request reads the body as a stream; nothing is held in memory
 
 
 IMPORT_BODY = {
     "multipart/form-data": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}},
-    "application/octet-stream": {"type": "string", "format": "binary"},
+    **{t: {"type": "string", "format": "binary"} for t in RAW_IMPORT_TYPES},
 }
+REJECTS_SHOWN = 100
 
 
 @extend_schema(
     tags=["imports"], request=IMPORT_BODY,
     parameters=[OpenApiParameter("batch", int, required=True),
-                OpenApiParameter("format", str, enum=["jsonl", "csv"], required=True),
+                OpenApiParameter("format", str, enum=list(imports.PROMPT_FORMATS), required=True),
                 OpenApiParameter("source", str)],
-    responses={201: ImportResultSerializer, 400: ERROR, 404: ERROR},
+    responses={201: ImportResultSerializer, 400: ERROR, 404: ERROR, 411: ERROR, 415: ERROR},
 )
 @api_view(["POST"])
 @permission_classes([CanImport])
@@ -259,7 +291,7 @@ def import_prompts(request: Request) -> Response:
     """Add prompts to a batch's pool from JSONL or CSV; all or nothing; re-imports add nothing."""
     params = _known_params(request, {"batch", "format", "source"})
     fmt = params.get("format")
-    if fmt not in ("jsonl", "csv"):
+    if fmt not in imports.PROMPT_FORMATS:
         return error_response(400, "invalid", "format must be jsonl or csv.")
     try:
         batch_id = int(params.get("batch", ""))
@@ -272,32 +304,53 @@ def import_prompts(request: Request) -> Response:
 
 @extend_schema(
     tags=["imports"], request=IMPORT_BODY,
-    parameters=[OpenApiParameter("format", str, enum=["hh-rlhf", "trl"], required=True),
+    parameters=[OpenApiParameter("format", str, enum=list(imports.PREFERENCE_FORMATS), required=True),
                 OpenApiParameter("source", str, required=True),
-                OpenApiParameter("batch", int), OpenApiParameter("focus", str, enum=list(Focus.values))],
-    responses={201: ImportResultSerializer, 400: ERROR, 404: ERROR},
+                OpenApiParameter("batch", int), OpenApiParameter("focus", str, enum=list(Focus.values)),
+                OpenApiParameter("skip_invalid", bool, description=(
+                    "Leave out rows that cannot be a comparison; they are counted by reason (rejected) and "
+                    f"the first {REJECTS_SHOWN} are listed (rejects)."))],
+    responses={201: PreferenceImportResultSerializer, 400: ERROR, 404: ERROR, 411: ERROR, 415: ERROR},
 )
 @api_view(["POST"])
 @permission_classes([CanImport])
 @parser_classes([MultiPartParser, FileUploadParser, JSONParser])
 def import_preferences(request: Request) -> Response:
-    """Import open-source preference pairs (Anthropic HH-RLHF transcripts or TRL rows) under a source name."""
-    params = _known_params(request, {"batch", "format", "source", "focus"})
+    """Import open-source preference pairs (Anthropic HH-RLHF transcripts, TRL rows or PKU-SafeRLHF rows)
+    under a source name."""
+    params = _known_params(request, {"batch", "format", "source", "focus", "skip_invalid"})
     fmt, source, focus = params.get("format"), (params.get("source") or "").strip(), params.get("focus") or None
-    if fmt not in ("hh-rlhf", "trl"):
-        return error_response(400, "invalid", "format must be hh-rlhf or trl.")
+    if fmt not in imports.PREFERENCE_FORMATS:
+        return error_response(400, "invalid", f"format must be one of {', '.join(imports.PREFERENCE_FORMATS)}.")
     if not source or source == "ladder":
         return error_response(400, "invalid", "source names the dataset (and may not be 'ladder').")
     if focus is not None and focus not in Focus.values:
         return error_response(400, "invalid", f"focus must be one of {', '.join(Focus.values)}.")
+    skip_invalid = params.get("skip_invalid", "false").lower()
+    if skip_invalid not in ("true", "false", "1", "0"):
+        return error_response(400, "invalid", "skip_invalid must be true or false.")
     batch = None
     if params.get("batch"):
         try:
             batch = get_object_or_404(AnnotationBatch, pk=int(params["batch"]))
         except ValueError:
             return error_response(400, "invalid", "batch must be a batch id.")
-    result = imports.import_preferences(_upload(request), fmt=fmt, source=source, batch=batch, focus=focus)
-    return Response(ImportResultSerializer(result).data, status=status.HTTP_201_CREATED)
+    shown: list[imports.Reject] = []
+    try:
+        result = imports.import_preferences(
+            _upload(request), fmt=fmt, source=source, batch=batch, focus=focus,
+            skip_invalid=skip_invalid in ("true", "1"),
+            on_reject=lambda reject: len(shown) < REJECTS_SHOWN and shown.append(reject),
+        )
+    except DjangoValidationError as exc:
+        if getattr(exc, "code", None) != imports.UNUSABLE:
+            raise
+        return error_response(400, imports.UNUSABLE, f"{' '.join(exc.messages)}; rows that cannot be a comparison "
+                              "are refused: add skip_invalid=true to leave them out (nothing was imported).")
+    data = {**dataclasses.asdict(result), "rejects": [
+        {"line": r.line, "reason": r.reason, "detail": r.detail} for r in shown
+    ], "rejects_truncated": sum(result.rejected.values()) > len(shown)}
+    return Response(PreferenceImportResultSerializer(data).data, status=status.HTTP_201_CREATED)
 
 
 def _known_params(request: Request, allowed: set[str]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 
 from annotation.imports import ImportResult, import_preferences, preference_hash
 from annotation.models import AnnotationBatch, Comparison, ComparisonTask, Dialogue, Focus, Response, Turn
-from annotation.transcripts import TranscriptError, split_preference_pair
+from annotation.transcripts import TranscriptError, UnusablePair, split_preference_pair
 from tests.factories import BatchFactory
 
 pytestmark = pytest.mark.django_db
@@ -41,11 +41,10 @@ def only_valid_hh_lines(lines) -> list[str]:
     for line in lines:
         row = json.loads(line)
         try:
-            _, chosen, rejected = split_preference_pair(row["chosen"], row["rejected"])
-        except TranscriptError:
+            split_preference_pair(row["chosen"], row["rejected"])
+        except (TranscriptError, UnusablePair):
             continue
-        if chosen.strip() and rejected.strip() and chosen.strip() != rejected.strip():
-            kept.append(line)
+        kept.append(line)
     return kept
 
 
@@ -59,7 +58,7 @@ def test_real_hh_rlhf_rows_become_imported_comparisons_in_a_closed_batch(tmp_pat
     with path.open("rb") as fh:
         result = import_preferences(fh, fmt="hh-rlhf", source="anthropic-hh-rlhf-harmless", focus=Focus.SAFETY)
 
-    assert result == ImportResult(created=199, skipped=0, lines=199)
+    assert result == ImportResult(created=199, skipped=0, lines=199, batches=("Imported: anthropic-hh-rlhf-harmless",))
     batch = AnnotationBatch.objects.get(name="Imported: anthropic-hh-rlhf-harmless")
     assert (batch.status, batch.focus, batch.heldout_count) == (
         AnnotationBatch.Status.CLOSED, Focus.SAFETY, settings.LADDER_HELDOUT_PER_BATCH)
@@ -70,7 +69,8 @@ def test_real_hh_rlhf_rows_become_imported_comparisons_in_a_closed_batch(tmp_pat
     assert not Dialogue.objects.filter(batch=batch, is_safety=False).exists()
 
     first = json.loads(lines[0])
-    prefix, chosen, rejected = split_preference_pair(first["chosen"], first["rejected"])
+    prefix, chosen, rejected = (lambda p: (list(p.prefix), p.chosen, p.rejected))(
+        split_preference_pair(first["chosen"], first["rejected"]))
     task = ComparisonTask.objects.filter(batch=batch).order_by("id").first()
     assert (task.status, task.shown_order, task.turn_index) == ("complete", "AB", len(prefix))
     assert list(task.dialogue.turns.order_by("index").values_list("role", "content")) == prefix
@@ -85,7 +85,7 @@ def test_real_hh_rlhf_rows_become_imported_comparisons_in_a_closed_batch(tmp_pat
 def test_the_real_file_as_it_is_fails_at_its_row_with_an_empty_response_and_writes_nothing():
     with gzip.open(HH_DEV, "rb") as fh, pytest.raises(ValidationError) as excinfo:
         import_preferences(fh, fmt="hh-rlhf", source="anthropic-hh-rlhf-harmless")
-    assert excinfo.value.messages == ["line 53: the chosen response is empty"]
+    assert excinfo.value.messages == ["line 53: the chosen response is empty (empty-response)"]
     assert row_counts() == (0, 0, 0, 0, 0, 0)
 
 
@@ -104,30 +104,38 @@ def test_a_multi_turn_hh_row_keeps_its_history_as_the_dialogue_prefix():
 
 def test_re_importing_the_same_rows_adds_nothing_and_repeats_in_one_file_count_once():
     rows = [{"chosen": hh(f"Q{i}", f"good {i}"), "rejected": hh(f"Q{i}", f"bad {i}")} for i in range(4)]
-    assert import_preferences(jsonl(*rows, rows[0]), fmt="hh-rlhf", source="hh") == ImportResult(4, 1, 5)
+    assert import_preferences(jsonl(*rows, rows[0]), fmt="hh-rlhf", source="hh") == ImportResult(
+        4, 1, 5, batches=("Imported: hh",))
     counts = row_counts()
-    assert import_preferences(jsonl(*rows), fmt="hh-rlhf", source="hh") == ImportResult(0, 4, 4)
+    assert import_preferences(jsonl(*rows), fmt="hh-rlhf", source="hh") == ImportResult(
+        0, 4, 4, batches=("Imported: hh",))
     assert row_counts() == counts == (1, 4, 4, 8, 4, 4)
 
 
 def test_the_same_pair_from_another_source_is_another_comparison():
     row = {"chosen": hh("Q", "good"), "rejected": hh("Q", "bad")}
     import_preferences(jsonl(row), fmt="hh-rlhf", source="one")
-    assert import_preferences(jsonl(row), fmt="hh-rlhf", source="two") == ImportResult(1, 0, 1)
+    assert import_preferences(jsonl(row), fmt="hh-rlhf", source="two") == ImportResult(
+        1, 0, 1, batches=("Imported: two",))
     assert set(Comparison.objects.values_list("source", flat=True)) == {"one", "two"}
 
 
 @pytest.mark.parametrize(
     ("bad_row", "message"),
     [
-        ({"chosen": hh("Q", "")[:-1], "rejected": hh("Q", "fine")}, "line 2: the chosen response is empty"),
+        ({"chosen": hh("Q", "")[:-1], "rejected": hh("Q", "fine")},
+         "line 2: the chosen response is empty (empty-response)"),
         ({"chosen": hh("Q", "fine"), "rejected": hh("Q", "  ")}, "line 2: the rejected response is empty"),
         ({"chosen": hh("Q", "same"), "rejected": hh("Q", "same")},
-         "line 2: the chosen and rejected responses are the same text"),
+         "line 2: the chosen and rejected responses are the same text (identical-responses)"),
         ({"rejected": hh("Q", "x")}, "line 2: 'chosen' is missing"),
         ({"chosen": hh("Q", "x"), "rejected": 3}, "line 2: 'rejected' must be a transcript string"),
         ({"chosen": "no transcript", "rejected": hh("Q", "x")}, "line 2: a transcript must start with"),
-        ({"chosen": hh("A", "x"), "rejected": hh("B", "y")}, "line 2: chosen and rejected do not share"),
+        ({"chosen": hh("A", "x"), "rejected": hh("B", "y")},
+         "line 2: chosen and rejected differ before the last turn (differing-dialogues)"),
+        ({"chosen": hh("Q", "x", "more?"), "rejected": hh("Q", "y")},
+         "line 2: the chosen transcript ends with a Human turn: there is no response (no-response)"),
+        ({"chosen": hh("", "x"), "rejected": hh("", "y")}, "line 2: turn 1 of the dialogue is empty (empty-turn)"),
         ('{"chosen": ', "line 2: not valid JSON"),
     ],
 )
@@ -149,7 +157,8 @@ def test_a_bad_row_after_written_chunks_rolls_back_every_chunk():
 
 def test_trl_standard_rows_have_string_prompt_and_responses():
     row = {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}
-    assert import_preferences(jsonl(row), fmt="trl", source="trl-std") == ImportResult(1, 0, 1)
+    assert import_preferences(jsonl(row), fmt="trl", source="trl-std") == ImportResult(
+        1, 0, 1, batches=("Imported: trl-std",))
     task = ComparisonTask.objects.get()
     assert list(task.dialogue.turns.values_list("role", "content")) == [("user", "The sky is")]
     assert (task.response_a.text, task.response_b.text) == ("blue.", "green.")
@@ -192,7 +201,11 @@ def test_trl_implicit_prompt_rows_split_off_their_shared_history():
           "rejected": "c"}, "line 1: 'chosen' must be one assistant message"),
         ({"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "a"}],
           "rejected": [{"role": "user", "content": "Other"}, {"role": "assistant", "content": "b"}]},
-         "line 1: chosen and rejected must share every message but a final assistant message"),
+         "line 1: chosen and rejected differ before the last message (differing-dialogues)"),
+        ({"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "a"}],
+          "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "a"},
+                       {"role": "user", "content": "b"}]},
+         "line 1: the rejected conversation does not end with an assistant message (no-response)"),
         ({"chosen": [{"role": "user", "content": "Q"}], "rejected": [{"role": "user", "content": "Q"}]},
          "line 1: chosen and rejected are the same conversation"),
         ({"prompt": "Q", "chosen": [{"content": "a"}], "rejected": "b"},
@@ -240,7 +253,7 @@ def test_the_command_imports_gzip_and_prints_a_summary(tmp_path):
     call_command("import_preferences", str(path), format="hh-rlhf", source="hh", focus="safety", stdout=out,
                  verbosity=0)
     assert out.getvalue().strip() == (
-        f"Imported 1,500 comparisons (0 already present) from {path} into batch 'Imported: hh'.")
+        f"Imported 1,500 comparisons (0 already present) from 1,500 rows of {path} into batch 'Imported: hh'.")
     out = io.StringIO()
     call_command("import_preferences", str(path), format="hh-rlhf", source="hh", stdout=out, verbosity=0)
     assert "Imported 0 comparisons (1,500 already present)" in out.getvalue()

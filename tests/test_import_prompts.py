@@ -148,7 +148,7 @@ def test_text_that_is_not_utf8_names_its_line():
     [
         ("category\nx\n", "line 1: the CSV header needs a 'prompt' or a 'messages' column"),
         ('prompt,category\n"Line one\nline two",a\nfine,b\n,c\n', "line 5: the prompt is empty"),
-        ("messages\n\"[{\"\"role\"\": \"\"user\"\"\"\n", "line 2: 'messages' is not valid JSON"),
+        ("messages\n\"[{\"\"role\"\": \"\"user\"\"\"\n", "line 2: 'messages': not valid JSON"),
         ("prompt,risk_category\nok,\nalso ok,spam\n", "line 3: unknown risk_category 'spam'"),
         ("prompt,is_safety\nok,maybe\n", "line 2: 'is_safety' must be true or false"),
         ("prompt,category\nok,a,extra\n", "line 2: 3 fields, but the header has 2"),

@@ -11,11 +11,12 @@ from annotation.imports.base import (
     RowError,
     Turns,
 )
-from annotation.imports.readers import json_type
+from annotation.imports.readers import json_type, shown
 from annotation.models import (
     RiskCategory,
     Turn,
 )
+from annotation.transcripts import EMPTY_TURN, UnusablePair, merge_turns
 
 
 def clean(text: str) -> str:
@@ -31,6 +32,8 @@ def check_source(source: str) -> str:
         raise ValidationError("The source name is longer than 100 characters.")
     if "\x00" in source:
         raise ValidationError("The source name contains a NUL character.")
+    if any("\ud800" <= ch <= "\udfff" for ch in source):
+        raise ValidationError(f"The source name {ascii(source)} is not valid UTF-8 text.")
     if source == "ladder":
         raise ValidationError("'ladder' names labels made here; give the import another source name.")
     return source
@@ -50,21 +53,22 @@ def messages_of(value: Any, field: str) -> list[tuple[str, str]]:
 
 
 def check_dialogue(turns: list[tuple[str, str]], field: str, *, max_chars: int | None = None) -> Turns:
-    """Alternating user/assistant turns, first and last a user turn, none empty."""
+    """Alternating user/assistant turns, first and last a user turn, none empty. Consecutive turns of one
+    speaker are merged first (``merge_turns``: one turn, texts joined with a blank line)."""
     if not turns:
         raise RowError(f"'{field}' has no messages")
+    merged = merge_turns((role, clean(content)) for role, content in turns)
     cleaned = []
-    for i, (role, content) in enumerate(turns):
+    for i, (role, text) in enumerate(merged):
         expected = Turn.Role.USER if i % 2 == 0 else Turn.Role.ASSISTANT
         if role != expected:
             raise RowError(
-                f"'{field}' message {i + 1} has role {role!r} where {expected.value!r} was expected "
+                f"'{field}' message {i + 1} has role {shown(role)} where {expected.value!r} was expected "
                 "(turns alternate user/assistant, starting with user)"
             )
-        text = clean(content)
-        what = "the prompt" if len(turns) == 1 else f"'{field}' message {i + 1}"
+        what = "the prompt" if len(merged) == 1 else f"'{field}' message {i + 1}"
         if not text:
-            raise RowError(f"{what} is empty")
+            raise UnusablePair(EMPTY_TURN, f"{what} is empty")
         if max_chars is not None and len(text) > max_chars:
             raise RowError(
                 f"{what} has {len(text):,} characters; the limit is {max_chars:,} (LADDER_PROMPT_MAX_CHARS)"
@@ -95,7 +99,7 @@ def risk_category_of(value: Any) -> str:
     if value is None or value == "":
         return ""
     if value not in RiskCategory.values:
-        raise RowError(f"unknown risk_category {value!r}; use one of {', '.join(RiskCategory.values)}")
+        raise RowError(f"unknown risk_category {shown(value)}; use one of {', '.join(RiskCategory.values)}")
     return value
 
 
@@ -109,7 +113,7 @@ def is_safety_of(value: Any, *, default: bool, from_csv: bool) -> bool:
         return _CSV_BOOLEANS[value.strip().lower()]
     if isinstance(value, bool):
         return value
-    raise RowError(f"'is_safety' must be true or false, not {value!r}")
+    raise RowError(f"'is_safety' must be true or false, not {shown(value)}")
 
 
 def required(row: dict, key: str) -> Any:

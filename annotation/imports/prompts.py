@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -23,13 +21,14 @@ from annotation.imports.fields import (
     present,
     risk_category_of,
 )
-from annotation.imports.readers import csv_rows, json_type, jsonl_rows
+from annotation.imports.readers import binary_lines, csv_rows, json_type, jsonl_rows, parse_json
 from annotation.imports.writing import PROMPT_LOCK, ChunkWriter, one_at_a_time
 from annotation.models import (
     AnnotationBatch,
     Prompt,
     Turn,
 )
+from annotation.transcripts import UnusablePair
 
 
 def import_prompts(
@@ -40,21 +39,21 @@ def import_prompts(
     JSONL rows are ``{"prompt": "text"}`` or ``{"messages": [{"role", "content"}, ...]}`` (alternating user
     and assistant turns, first and last a user turn), with optional ``category``, ``risk_category`` and
     ``is_safety`` (defaults to the batch's focus). CSV has the same columns, ``messages`` as a JSON string.
+    Consecutive messages of one role are merged into one turn (``annotation.transcripts.merge_turns``).
     """
     if fmt not in PROMPT_FORMATS:
         raise ValidationError(f"Unknown prompt format {fmt!r}; use one of {', '.join(PROMPT_FORMATS)}.")
     source = check_source(source)
     from_csv = fmt == "csv"
-    rows = csv_rows(stream) if from_csv else jsonl_rows(stream)
-    with transaction.atomic():
+    with transaction.atomic(), binary_lines(stream) as binary:
         one_at_a_time(PROMPT_LOCK, batch.pk)
         batch = AnnotationBatch.objects.get(pk=batch.pk)
         writer = _PromptWriter(batch, progress)
-        for line, row in rows:
+        for row in csv_rows(binary) if from_csv else jsonl_rows(binary):
             try:
-                prompt = _prompt_row(row, batch=batch, source=source, from_csv=from_csv)
-            except RowError as exc:
-                raise ValidationError(f"line {line}: {exc}") from None
+                prompt = _prompt_row(row.values, batch=batch, source=source, from_csv=from_csv)
+            except (RowError, UnusablePair) as exc:
+                raise ValidationError(f"line {row.line}: {exc}") from None
             writer.add(prompt)
         writer.flush()
     return writer.result()
@@ -68,9 +67,9 @@ def _prompt_row(row: dict, *, batch: AnnotationBatch, source: str, from_csv: boo
         value = row["messages"]
         if from_csv:
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise RowError(f"'messages' is not valid JSON ({exc.msg} at column {exc.colno})") from None
+                value = parse_json(value)
+            except RowError as exc:
+                raise RowError(f"'messages': {exc}") from None
         turns = messages_of(value, "messages")
         field = "messages"
     elif "prompt" in row and row["prompt"] is not None:

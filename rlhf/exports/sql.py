@@ -40,7 +40,9 @@ _IS_TEST = "(t.batch_id, t.dialogue_id) IN (SELECT batch_id, dialogue_id FROM he
 # The preset groups: the rows kept whole ("primary"); the mix is drawn from every other row.
 _PRIMARY = {
     "helpfulness-rm": "(b.focus = 'helpfulness' AND c.source = 'ladder')",
-    "safety-rm": "((b.focus = 'safety' AND c.source = 'ladder') OR c.source ILIKE %(harmless)s)",
+    # Safety labels made here, and open-source safety data: comparisons imported into a safety batch (such as
+    # PKU-SafeRLHF's safety side) or named harmless (Anthropic's, whatever batch they were imported into).
+    "safety-rm": "(b.focus = 'safety' OR c.source ILIKE %(harmless)s)",
 }
 _MIX_SIZE = {
     "helpfulness-rm": "(SELECT count(*) FROM pool WHERE is_primary)",

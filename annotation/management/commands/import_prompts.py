@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation import imports
-from annotation.management.inputs import format_from_name, open_import_file
+from annotation.management.inputs import check_text_arguments, format_from_name, open_import_file, shown_path
 from annotation.models import AnnotationBatch
 
 
@@ -24,7 +24,9 @@ class Command(BaseCommand):
         parser.add_argument("--source", default="import", help="Recorded on each prompt (default: import).")
 
     def handle(self, *args, **options):
+        check_text_arguments(options, ("source",))
         path = options["file"]
+        shown = shown_path(path)
         batch = AnnotationBatch.objects.filter(pk=options["batch"]).first()
         if batch is None:
             raise CommandError(f"There is no batch with id {options['batch']}.")
@@ -35,10 +37,10 @@ class Command(BaseCommand):
                     stream, batch=batch, fmt=fmt, source=options["source"], progress=progress
                 )
         except ValidationError as exc:
-            raise CommandError(f"{path}: {' '.join(exc.messages)} (nothing was imported)") from exc
+            raise CommandError(f"{shown}: {' '.join(exc.messages)} (nothing was imported)") from exc
         except (OSError, EOFError, zlib.error) as exc:
-            raise CommandError(f"{path}: {exc} (nothing was imported)") from exc
+            raise CommandError(f"{shown}: {exc} (nothing was imported)") from exc
         self.stdout.write(
-            f"Imported {result.created:,} prompts ({result.skipped:,} already present) from {path} "
+            f"Imported {result.created:,} prompts ({result.skipped:,} already present) from {shown} "
             f"into batch {batch.pk} ({batch.name})."
         )

@@ -4,7 +4,7 @@ deterministic demo sampler) and a safety batch (real Anthropic HH-RLHF harmless 
 Safe to run again: it creates what is missing and prints the credentials.
 """
 
-import gzip
+import itertools
 import json
 import secrets
 from pathlib import Path
@@ -14,8 +14,8 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from annotation import generation, services
+from annotation.imports import read_hh_rlhf
 from annotation.models import AnnotationBatch, Focus, PairSampling
-from annotation.transcripts import TranscriptError, split_preference_pair
 
 DATA = Path(__file__).resolve().parents[2] / "demo_data"
 
@@ -117,20 +117,9 @@ class Command(BaseCommand):
         return result
 
     def _hh_pairs(self, limit: int):
-        count = 0
-        with gzip.open(DATA / "hh_rlhf_harmless_base_dev.jsonl.gz", "rt") as fh:
-            for line in fh:
-                row = json.loads(line)
-                try:
-                    prefix, chosen, rejected = split_preference_pair(row["chosen"], row["rejected"])
-                except TranscriptError:
-                    continue
-                if chosen == rejected or not chosen.strip() or not rejected.strip():
-                    continue
-                yield services.PairInput(
-                    turns=prefix, response_a=chosen, response_b=rejected,
-                    source="anthropic-hh-rlhf-harmless", is_safety=True,
-                )
-                count += 1
-                if count >= limit:
-                    return
+        pairs = read_hh_rlhf(DATA / "hh_rlhf_harmless_base_dev.jsonl.gz")
+        for pair in itertools.islice(pairs, limit):
+            yield services.PairInput(
+                turns=list(pair.prefix), response_a=pair.chosen, response_b=pair.rejected,
+                source="anthropic-hh-rlhf-harmless", is_safety=True,
+            )

@@ -2,7 +2,6 @@
 bundled dialogues, trained briefly so that its responses are word-like, then registered as the current
 policy. No download is involved; a lab registers its real SFT checkpoint in the admin instead."""
 
-import gzip
 import json
 from pathlib import Path
 
@@ -21,20 +20,12 @@ DATA = Path(settings.BASE_DIR) / "annotation" / "demo_data"
 
 def bundled_dialogues() -> list[str]:
     """The HH-RLHF harmless dialogues (chosen side) and MT-bench questions, in the Llama 2 chat format."""
-    from annotation.transcripts import TranscriptError, parse_transcript
+    from annotation.imports import read_hh_rlhf
 
     texts = []
-    with gzip.open(DATA / "hh_rlhf_harmless_base_dev.jsonl.gz", "rt") as fh:
-        for line in fh:
-            try:
-                turns = parse_transcript(json.loads(line)["chosen"])
-            except TranscriptError:
-                continue
-            messages = [{"role": r, "content": c} for r, c in turns if c]
-            if len(messages) >= 2 and messages[0]["role"] == "user" and all(
-                m["role"] == ("user" if i % 2 == 0 else "assistant") for i, m in enumerate(messages)
-            ):
-                texts.append(format_llama2_chat(messages))
+    for pair in read_hh_rlhf(DATA / "hh_rlhf_harmless_base_dev.jsonl.gz"):
+        # The reader's pairs alternate user/assistant from a user turn, with no empty turn.
+        texts.append(format_llama2_chat([{"role": r, "content": c} for r, c in pair.dialogue]))
     for line in (DATA / "mt_bench_questions.jsonl").open():
         question = json.loads(line)
         texts.append(format_llama2_chat([{"role": "user", "content": question["turns"][0]}]))
