@@ -144,8 +144,11 @@ def start_holder(local: Path) -> subprocess.Popen:
     """A process holding the private servers as ``make run`` does, in its own process group (a terminal's
     foreground job); returns once the servers are up."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    # Ctrl-C reaches a terminal's foreground job with SIGINT's default disposition; the suite's own process may
+    # have inherited it ignored (an ignored signal stays ignored across exec), so reset it as a shell does.
     proc = subprocess.Popen([sys.executable, "-c", HOLD_SERVICES, str(local)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stdout:
         lines.append(line)
