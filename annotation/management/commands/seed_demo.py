@@ -1,5 +1,5 @@
-"""Seed a demo: an admin, two annotators, a helpfulness batch (MT-bench prompts, pairs from the
-deterministic demo sampler) and a safety batch (real Anthropic HH-RLHF harmless pairs in queue mode).
+"""Seed a demo: an admin, two annotators, a helpfulness batch (MT-bench prompts, pairs sampled from the
+current policy at two temperatures) and a safety batch (real Anthropic HH-RLHF harmless pairs in queue mode).
 
 Safe to run again: it creates what is missing and prints the credentials.
 """
@@ -10,7 +10,7 @@ import secrets
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from annotation import generation, services
@@ -18,6 +18,10 @@ from annotation.models import AnnotationBatch, Focus, PairSampling
 from annotation.transcripts import TranscriptError, split_preference_pair
 
 DATA = Path(__file__).resolve().parents[2] / "demo_data"
+# Reply length of the demo batches: a paragraph from SmolLM2-135M, and short enough that prompt mode shows
+# a pair (two replies, one per temperature) within 15 s of sending the prompt on an idle 2-core machine
+# (measured with bench/prompt_latency.py; see the README).
+DEMO_MAX_NEW_TOKENS = 96
 
 HELPFULNESS_GUIDELINES = """\
 ## Helpfulness (Llama 2, §3.2.1)
@@ -50,21 +54,25 @@ class Command(BaseCommand):
         parser.add_argument("--credentials-file", default=".local/demo-credentials.txt")
         parser.add_argument("--safety-pairs", type=int, default=120)
         parser.add_argument("--helpfulness-prompts", type=int, default=40)
+        parser.add_argument("--max-new-tokens", type=int, default=DEMO_MAX_NEW_TOKENS,
+                            help="reply length of the demo batches, in tokens (default %(default)s)")
 
     @transaction.atomic
     def handle(self, *args, **options):
+        if options["max_new_tokens"] < 1:
+            raise CommandError("--max-new-tokens must be at least 1")
         cred_path = Path(options["credentials_file"])
         credentials = self._users(cred_path)
         users = {u.username: u for u in get_user_model().objects.filter(username__in=credentials)}
         helpfulness, new_h = AnnotationBatch.objects.get_or_create(
             name="Demo helpfulness, week 1",
             defaults={"focus": Focus.HELPFULNESS, "guidelines": HELPFULNESS_GUIDELINES,
-                      "pair_sampling": PairSampling.TEMPERATURES},
+                      "pair_sampling": PairSampling.TEMPERATURES, "max_new_tokens": options["max_new_tokens"]},
         )
         safety, new_s = AnnotationBatch.objects.get_or_create(
             name="Demo safety, week 1",
             defaults={"focus": Focus.SAFETY, "guidelines": SAFETY_GUIDELINES,
-                      "pair_sampling": PairSampling.TEMPERATURES},
+                      "pair_sampling": PairSampling.TEMPERATURES, "max_new_tokens": options["max_new_tokens"]},
         )
         for batch in (helpfulness, safety):
             batch.annotators.add(users["alice"], users["bob"])
