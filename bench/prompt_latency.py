@@ -24,6 +24,8 @@ import time
 import uuid
 from pathlib import Path
 
+from _policies import smollm2_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
@@ -36,21 +38,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--checkpoint", default=None, help="policy folder (default: SmolLM2, converted once)")
     parser.add_argument("--target", type=float, default=15.0, help="seconds a pair may take (default 15)")
     return parser.parse_args()
-
-
-def smollm2_checkpoint() -> str:
-    from django.conf import settings
-
-    from models_core.gguf_import import GGUFUnavailable, convert_packaged_gguf, find_packaged_gguf
-
-    try:
-        source = find_packaged_gguf()
-    except GGUFUnavailable as exc:
-        raise SystemExit(f"{exc}; or pass --checkpoint DIR") from None
-    out = Path(settings.LADDER_CHECKPOINT_DIR) / "smollm2-135m-instruct"
-    result = convert_packaged_gguf(source, out if out.is_absolute() else ROOT / out)
-    print(f"  policy {result.path} ({'converted in %.0f s' % result.seconds if result.converted else 'reused'})")
-    return str(result.path)
 
 
 def prompt_to_pair(client, batch, text: str) -> tuple[float, int]:
