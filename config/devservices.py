@@ -123,7 +123,7 @@ def run(port: int) -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
     ensure_services(ROOT / ".local")
     _manage("migrate", "--noinput", "-v", "0")
-    _manage("bootstrap_policy")  # once: later runs find sft-v0 registered
+    _manage("bootstrap_policy")  # once: later runs find the demo policy converted and registered
     _manage("seed_demo")
     worker = subprocess.Popen(
         [PY, "-m", "celery", "-A", "workers.celery_app", "worker", "--beat", "-Q", "default,sampling",
