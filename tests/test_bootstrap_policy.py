@@ -48,7 +48,6 @@ def test_without_the_smollm2_package_bootstrap_falls_back_to_the_tiny_llama_and_
 
 def test_with_the_package_bootstrap_registers_smollm2_whose_pairs_are_english(smollm2_dir, capsys):
     # The session's conversion sits in smollm2_dir already: bootstrap finds it finished and registers it.
-    call_command("bootstrap_policy", tiny=True, out=str(smollm2_dir.parent / "unused"), **TINY)
     call_command("bootstrap_policy", out=str(smollm2_dir))
     out = capsys.readouterr().out
     assert f"Found a finished conversion in {smollm2_dir}" in out
