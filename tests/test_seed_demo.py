@@ -2,7 +2,7 @@
 
 import pytest
 from django.contrib.auth import authenticate, get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from annotation.models import AnnotationBatch, ComparisonTask, Focus
 
@@ -30,7 +30,16 @@ def test_seed_demo_creates_users_and_both_batches_from_real_data_and_is_idempote
         "Compose an engaging travel blog post" in helpfulness.tasks.order_by("id").first().dialogue.turns.get().content
     )
     assert set(helpfulness.annotators.values_list("username", flat=True)) == {"alice", "bob"}
+    # Sized so that prompt mode shows a SmolLM2 pair within 15 s on 2 cores (bench/prompt_latency.py).
+    assert helpfulness.max_new_tokens == safety.max_new_tokens == 96
+    assert {r.max_new_tokens for t in helpfulness.tasks.all() for r in (t.response_a, t.response_b)} == {96}
 
     call_command("seed_demo", credentials_file=str(creds), safety_pairs=15, helpfulness_prompts=5)
     assert ComparisonTask.objects.count() == 20
     assert dict(line.split() for line in creds.read_text().splitlines()) == passwords
+
+
+def test_seed_demo_refuses_a_reply_length_below_one_and_writes_nothing(tmp_path):
+    with pytest.raises(CommandError, match="--max-new-tokens must be at least 1"):
+        call_command("seed_demo", credentials_file=str(tmp_path / "creds.txt"), max_new_tokens=0)
+    assert not AnnotationBatch.objects.exists() and not get_user_model().objects.exists()

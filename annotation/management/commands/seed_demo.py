@@ -1,5 +1,5 @@
-"""Seed a demo: an admin, two annotators, a helpfulness batch (MT-bench prompts, pairs from the
-deterministic demo sampler) and a safety batch (real Anthropic HH-RLHF harmless pairs in queue mode).
+"""Seed a demo: an admin, two annotators, a helpfulness batch (MT-bench prompts, pairs sampled from the
+current policy at two temperatures) and a safety batch (real Anthropic HH-RLHF harmless pairs in queue mode).
 
 Safe to run again: it creates what is missing and prints the credentials.
 """
@@ -10,14 +10,19 @@ import secrets
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from tqdm import tqdm
 
 from annotation import generation, services
 from annotation.imports import read_hh_rlhf
 from annotation.models import AnnotationBatch, Focus, PairSampling
 
 DATA = Path(__file__).resolve().parents[2] / "demo_data"
+# Reply length of the demo batches: a paragraph from SmolLM2-135M, and short enough that prompt mode shows
+# a pair (two replies, one per temperature) within 15 s of sending the prompt on an idle 2-core machine
+# (measured with bench/prompt_latency.py; see the README).
+DEMO_MAX_NEW_TOKENS = 96
 
 HELPFULNESS_GUIDELINES = """\
 ## Helpfulness (Llama 2, §3.2.1)
@@ -49,22 +54,29 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--credentials-file", default=".local/demo-credentials.txt")
         parser.add_argument("--safety-pairs", type=int, default=120)
-        parser.add_argument("--helpfulness-prompts", type=int, default=40)
+        # One sampling job's worth (LADDER_SAMPLING_BATCH_SIZE): the pairs are sampled before the page opens,
+        # and with SmolLM2 on 2 cores each 16 more add about half a minute to the first `make run`.
+        parser.add_argument("--helpfulness-prompts", type=int, default=16,
+                            help="pairs sampled now and kept ready by the workers (default %(default)s)")
+        parser.add_argument("--max-new-tokens", type=int, default=DEMO_MAX_NEW_TOKENS,
+                            help="reply length of the demo batches, in tokens (default %(default)s)")
 
     @transaction.atomic
     def handle(self, *args, **options):
+        if options["max_new_tokens"] < 1:
+            raise CommandError("--max-new-tokens must be at least 1")
         cred_path = Path(options["credentials_file"])
         credentials = self._users(cred_path)
         users = {u.username: u for u in get_user_model().objects.filter(username__in=credentials)}
         helpfulness, new_h = AnnotationBatch.objects.get_or_create(
             name="Demo helpfulness, week 1",
             defaults={"focus": Focus.HELPFULNESS, "guidelines": HELPFULNESS_GUIDELINES,
-                      "pair_sampling": PairSampling.TEMPERATURES},
+                      "pair_sampling": PairSampling.TEMPERATURES, "max_new_tokens": options["max_new_tokens"]},
         )
         safety, new_s = AnnotationBatch.objects.get_or_create(
             name="Demo safety, week 1",
             defaults={"focus": Focus.SAFETY, "guidelines": SAFETY_GUIDELINES,
-                      "pair_sampling": PairSampling.TEMPERATURES},
+                      "pair_sampling": PairSampling.TEMPERATURES, "max_new_tokens": options["max_new_tokens"]},
         )
         for batch in (helpfulness, safety):
             batch.annotators.add(users["alice"], users["bob"])
@@ -80,9 +92,15 @@ class Command(BaseCommand):
             helpfulness.min_ready_pairs = options["helpfulness_prompts"]
             helpfulness.save(update_fields=["min_ready_pairs"])
             tasks = services.refill_queue(helpfulness.pk, enqueue=False)
-            # Sampled here, with the same code the workers run, so the demo is ready when the page opens.
-            for task in tasks:
-                generation.sample_pairs(task.pk)
+            # Sampled here, with the same code the workers run, so the demo is ready when the page opens. One
+            # call samples up to LADDER_SAMPLING_BATCH_SIZE pending tasks; the others then find theirs done.
+            done: set[int] = set()
+            with tqdm(total=len(tasks), desc="sampling demo pairs", unit="pair") as bar:
+                for task in tasks:
+                    if task.pk not in done:
+                        ready = generation.sample_pairs(task.pk)
+                        done.update(ready)
+                        bar.update(len(ready))
         if new_s:
             pairs = list(self._hh_pairs(options["safety_pairs"] * 2))
             services.create_queue_pairs(safety, pairs[: options["safety_pairs"]], seed=7)

