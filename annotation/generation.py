@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import defaultdict
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ from django.utils.module_loading import import_string
 
 from annotation.models import ComparisonTask, PairSampling, PolicyCheckpoint, Response
 from annotation.pair_setting import PairRefused, pair_checkpoints, pair_setting_problem, pair_temperatures
+from annotation.selectors import current_policy
 from annotation.services.enqueue import enqueue_generation
 from models_core.generation import PromptTooLong
 from models_core.sampling import SamplingParams
@@ -148,6 +150,33 @@ def policy_sampler():
         _policy_sampler = HFPolicySampler(max_models=settings.LADDER_SAMPLER_MAX_MODELS,
                                           dtype=settings.LADDER_SAMPLER_DTYPE, device=settings.LADDER_SAMPLER_DEVICE)
     return _policy_sampler
+
+
+def warm_up_sampler() -> str | None:
+    """Prepare this process for sampling: PyTorch's thread count (``LADDER_SAMPLER_THREADS``) and, with
+    ``LADDER_SAMPLER_PRELOAD``, the current policy loaded into the sampler. Returns the name of the policy
+    loaded, or None. A failure is logged, never raised: the worker still serves, loading on the first task."""
+    if settings.LADDER_SAMPLER_THREADS:
+        import torch
+
+        torch.set_num_threads(settings.LADDER_SAMPLER_THREADS)
+    if not settings.LADDER_SAMPLER_PRELOAD:
+        return None
+    policy = current_policy()
+    if policy is None or not policy.path:
+        return None
+    sampler = import_string(settings.LADDER_SAMPLER)()
+    load = getattr(sampler, "policy", None)  # HFPolicySampler.policy(path) loads and caches
+    if load is None:
+        return None
+    started = time.monotonic()
+    try:
+        load(policy.path)
+    except Exception:
+        logger.exception("Could not preload the current policy %s; it loads on the first task instead", policy.name)
+        return None
+    logger.info("Preloaded the current policy %s for sampling in %.1f s", policy.name, time.monotonic() - started)
+    return policy.name
 
 
 def _sampler(checkpoint: PolicyCheckpoint | None):

@@ -242,7 +242,7 @@ def run(port: int) -> int:
         with local_services(base):
             _manage("migrate", "--noinput", "-v", "0")
             _manage("bootstrap_policy")  # once: later runs find the demo policy converted and registered
-            _manage("seed_demo")
+            _manage("seed_demo", "--url", f"http://127.0.0.1:{port}")
             # The worker and the server (with its autoreloader child) run in process groups of their own, so
             # that every way this process ends (Ctrl-C, SIGTERM, SIGHUP) stops them all, grandchildren included.
             workers = start_workers(base / "celerybeat-schedule")

@@ -3,7 +3,7 @@
 Each value names where it comes from: the paper, or our own choice where the paper is silent.
 """
 
-from config.env import env_choice, env_float, env_float_list, env_int, env_str
+from config.env import env_bool, env_choice, env_float, env_float_list, env_int, env_str
 
 # Distinct annotators per comparison task. The paper does not say; it appears to be one (§3.2.1).
 LADDER_DEFAULT_OVERLAP = env_int("LADDER_DEFAULT_OVERLAP", 1, minimum=1)
@@ -50,3 +50,8 @@ LADDER_QUEUE_MIN_READY = env_int("LADDER_QUEUE_MIN_READY", 20, minimum=0)
 LADDER_QUEUE_REFILL_SECONDS = env_int("LADDER_QUEUE_REFILL_SECONDS", 30, minimum=1)
 # Where bootstrap_policy writes its checkpoint.
 LADDER_CHECKPOINT_DIR = env_str("LADDER_CHECKPOINT_DIR", ".local/checkpoints")
+# A sampling worker loads the current policy when it starts, so the first prompt does not wait for the load.
+LADDER_SAMPLER_PRELOAD = env_bool("LADDER_SAMPLER_PRELOAD", True)
+# PyTorch threads per sampling process; 0 keeps PyTorch's default (one per core). On a machine whose cores are
+# shared (several workers, or a web server busy beside one), 1 avoids threads waiting on each other.
+LADDER_SAMPLER_THREADS = env_int("LADDER_SAMPLER_THREADS", 0, minimum=0)

@@ -53,6 +53,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--credentials-file", default=".local/demo-credentials.txt")
+        parser.add_argument("--url", default="http://127.0.0.1:8000", help="where the platform is served (printed)")
         parser.add_argument("--safety-pairs", type=int, default=120)
         # One sampling job's worth (LADDER_SAMPLING_BATCH_SIZE): the pairs are sampled before the page opens,
         # and with SmolLM2 on 2 cores each 16 more add about half a minute to the first `make run`.
@@ -110,7 +111,7 @@ class Command(BaseCommand):
                  for p in pairs[options["safety_pairs"]:]],
                 source="anthropic-hh-rlhf-harmless-red-team",
             )
-        self.stdout.write(self.style.SUCCESS("Demo ready. Log in at http://127.0.0.1:8000 with:"))
+        self.stdout.write(self.style.SUCCESS(f"Demo ready. Log in at {options['url']} with:"))
         for username, password in credentials.items():
             self.stdout.write(f"  {username:6} {password}")
 
