@@ -271,15 +271,16 @@ IDENTICAL_NOTE = ("Flagged: both responses are identical, also after slot B was 
                   "there is nothing to choose between them.")
 
 
-def sample_pairs(task_id: int) -> list[int]:
-    """Claim ``task_id`` (and other pending tasks), sample their pairs and store them.
+def sample_pairs(task_id: int, *, batch_size: int | None = None) -> list[int]:
+    """Claim ``task_id`` (and up to ``batch_size`` - 1 other pending tasks, default
+    ``LADDER_SAMPLING_BATCH_SIZE``), sample their pairs and store them.
 
     Returns the ids of tasks made ready. When another worker holds ``task_id`` the job samples the other tasks
     it claimed and leaves that one to its holder. A task whose sampling raised shows the error and is sent again
     with backoff until it has had ``LADDER_SAMPLING_MAX_RETRIES`` retries, then it is marked failed; a refused
     pair (the batch's setting, a prompt too long) fails at once; the other tasks are unaffected. Whatever the
     job claimed and did not store is released."""
-    job = claim(task_id)
+    job = claim(task_id, batch_size=batch_size)
     if not job.ids:
         return []
     try:

@@ -340,7 +340,15 @@ def bench(args: list[str], only: list[str] | None = None) -> int:
         return code
 
 
+def take_ctrl_c() -> None:
+    """Ctrl-C must reach us and, after exec, our children, even when this was started from a background job
+    (a non-interactive shell starts those with SIGINT ignored, and an ignored signal stays ignored in every
+    child: the server and workers would then outlive Ctrl-C until they are killed)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> int:
+    take_ctrl_c()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="serve the platform with its worker")

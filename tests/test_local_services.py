@@ -218,3 +218,17 @@ def test_make_stop_stops_servers_a_killed_run_left(local_dir):
     assert not postgres_running(local)
     assert not redis_running(local)
     assert not (local / "env").exists()
+
+
+def test_devservices_takes_ctrl_c_even_when_started_with_sigint_ignored():
+    # As from a background job of a non-interactive shell: SIGINT ignored, inherited by every child.
+    script = textwrap.dedent("""
+        import subprocess, sys
+        from config import devservices
+        devservices.take_ctrl_c()
+        child = "import signal; print(signal.getsignal(signal.SIGINT))"
+        print(subprocess.run([sys.executable, "-c", child], capture_output=True, text=True).stdout.strip())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert result.stdout.strip() == "<built-in function default_int_handler>", result.stderr

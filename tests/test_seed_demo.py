@@ -11,7 +11,7 @@ pytestmark = pytest.mark.django_db
 
 def test_seed_demo_creates_users_and_both_batches_from_real_data_and_is_idempotent(tmp_path, capsys):
     creds = tmp_path / "creds.txt"
-    call_command("seed_demo", credentials_file=str(creds), safety_pairs=15, helpfulness_prompts=5)
+    call_command("seed_demo", credentials_file=str(creds), safety_pairs=15, helpfulness_prompts=5, sample_now=2)
     out = capsys.readouterr().out
     passwords = dict(line.split() for line in creds.read_text().splitlines())
     assert set(passwords) == {"admin", "alice", "bob"}
@@ -21,7 +21,9 @@ def test_seed_demo_creates_users_and_both_batches_from_real_data_and_is_idempote
     assert get_user_model().objects.get(username="admin").is_staff
     helpfulness = AnnotationBatch.objects.get(focus=Focus.HELPFULNESS)
     safety = AnnotationBatch.objects.get(focus=Focus.SAFETY)
-    assert helpfulness.tasks.filter(status=ComparisonTask.Status.READY).count() == 5
+    # Two sampled before the command returned; the other three wait for the sampling worker (sent on commit).
+    assert helpfulness.tasks.filter(status=ComparisonTask.Status.READY).count() == 2
+    assert helpfulness.tasks.filter(status=ComparisonTask.Status.GENERATING).count() == 3
     assert safety.tasks.count() == 15
     first = safety.tasks.order_by("id").first()
     assert first.dialogue.source == "anthropic-hh-rlhf-harmless" and first.dialogue.is_safety
@@ -32,7 +34,8 @@ def test_seed_demo_creates_users_and_both_batches_from_real_data_and_is_idempote
     assert set(helpfulness.annotators.values_list("username", flat=True)) == {"alice", "bob"}
     # Sized so that prompt mode shows a SmolLM2 pair within 15 s on 2 cores (bench/prompt_latency.py).
     assert helpfulness.max_new_tokens == safety.max_new_tokens == 96
-    assert {r.max_new_tokens for t in helpfulness.tasks.all() for r in (t.response_a, t.response_b)} == {96}
+    assert {r.max_new_tokens for t in helpfulness.tasks.filter(status=ComparisonTask.Status.READY)
+            for r in (t.response_a, t.response_b)} == {96}
 
     call_command("seed_demo", credentials_file=str(creds), safety_pairs=15, helpfulness_prompts=5)
     assert ComparisonTask.objects.count() == 20

@@ -55,10 +55,13 @@ class Command(BaseCommand):
         parser.add_argument("--credentials-file", default=".local/demo-credentials.txt")
         parser.add_argument("--url", default="http://127.0.0.1:8000", help="where the platform is served (printed)")
         parser.add_argument("--safety-pairs", type=int, default=120)
-        # One sampling job's worth (LADDER_SAMPLING_BATCH_SIZE): the pairs are sampled before the page opens,
-        # and with SmolLM2 on 2 cores each 16 more add about half a minute to the first `make run`.
+        # The workers keep this many pairs ready; --sample-now of them are sampled before the page opens (with
+        # SmolLM2 on 2 cores each pair adds seconds to the first `make run`), the rest by the sampling worker
+        # in the background once it has started.
         parser.add_argument("--helpfulness-prompts", type=int, default=16,
-                            help="pairs sampled now and kept ready by the workers (default %(default)s)")
+                            help="pairs kept ready by the workers (default %(default)s)")
+        parser.add_argument("--sample-now", type=int, default=4,
+                            help="of those, pairs sampled before the command returns (default %(default)s)")
         parser.add_argument("--max-new-tokens", type=int, default=DEMO_MAX_NEW_TOKENS,
                             help="reply length of the demo batches, in tokens (default %(default)s)")
 
@@ -92,16 +95,13 @@ class Command(BaseCommand):
             )
             helpfulness.min_ready_pairs = options["helpfulness_prompts"]
             helpfulness.save(update_fields=["min_ready_pairs"])
-            tasks = services.refill_queue(helpfulness.pk, enqueue=False)
-            # Sampled here, with the same code the workers run, so the demo is ready when the page opens. One
-            # call samples up to LADDER_SAMPLING_BATCH_SIZE pending tasks; the others then find theirs done.
-            done: set[int] = set()
-            with tqdm(total=len(tasks), desc="sampling demo pairs", unit="pair") as bar:
-                for task in tasks:
-                    if task.pk not in done:
-                        ready = generation.sample_pairs(task.pk)
-                        done.update(ready)
-                        bar.update(len(ready))
+            # Sent to the sampling queue when this transaction commits; the first --sample-now are sampled
+            # here, with the same code the workers run, so that pairs are there when the page opens.
+            tasks = services.refill_queue(helpfulness.pk)
+            now = tasks[: max(options["sample_now"], 0)]
+            if now:
+                with tqdm(total=len(now), desc="sampling demo pairs", unit="pair") as bar:
+                    bar.update(len(generation.sample_pairs(now[0].pk, batch_size=len(now))))
         if new_s:
             pairs = list(self._hh_pairs(options["safety_pairs"] * 2))
             services.create_queue_pairs(safety, pairs[: options["safety_pairs"]], seed=7)
