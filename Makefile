@@ -4,12 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
+# DS_BUILD_OPS=0 DS_ACCELERATOR=cpu: DeepSpeed (test extra) is an sdist; build it without compiling CUDA ops.
+# NO_DEPS: the [tool.ladder] no-deps pins of pyproject.toml, installed without their declared dependencies.
+NO_DEPS := import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['ladder']['no-deps']))
+
 .PHONY: run stop psql test lint bench clean-local
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[local,test]'
+	DS_BUILD_OPS=0 DS_ACCELERATOR=cpu $(PY) -m pip install --quiet -e '.[local,test]'
+	$(PY) -m pip install --quiet --no-deps $$($(PY) -c "$(NO_DEPS)")
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 run: $(STAMP)
