@@ -155,7 +155,13 @@ def platform_run(margin: str, rows: list[dict], indices: list[int], model: Path,
     started = time.perf_counter()
     run = reward_runs.create_run(kind="safety", base_path=str(model), data_file=str(path), config=config,
                                  enqueue=False)
-    reward_runs.execute_run(run.pk)
+    def progress(event: dict) -> None:
+        step, total = event.get("step"), event.get("total_steps")
+        if step == 1 or step == total or step % 4 == 0:
+            print(f"    run {run.pk}: step {step}/{total} loss {event['loss']:.4f} "
+                  f"{event['pairs_per_second']:.1f} pairs/s", flush=True)
+
+    reward_runs.execute_run(run.pk, progress=progress)
     run = RewardModelRun.objects.get(pk=run.pk)
     if run.status != RewardModelRun.Status.SUCCEEDED:
         raise SystemExit(f"reward-model run {run.pk} ended {run.status}: {run.error}")
