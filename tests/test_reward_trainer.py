@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from models_core.reward_eval import evaluate
 from models_core.reward_model import load_reward_model, score
 from models_core.reward_trainer import checkpoint_dirs, lr_factor, micro_batch_schedule, train_reward_model
 from tests.reward_fixtures import build_reward_base, separable_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -156,7 +159,7 @@ def test_command_line_entry_point_trains_and_reports(reward_base, tmp_path):
     done = subprocess.run([sys.executable, "-m", "models_core.reward_trainer", "--base", str(reward_base),
                            "--data", str(data), "--out", str(tmp_path / "out"), "--config", str(config),
                            "--preset", "cpu-small"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["pairs_seen"] == 32 and summary["finished"]
@@ -166,6 +169,40 @@ def test_command_line_entry_point_trains_and_reports(reward_base, tmp_path):
     bad.write_text("{}\n")
     failed = subprocess.run([sys.executable, "-m", "models_core.reward_trainer", "--base", str(reward_base),
                              "--data", str(bad), "--out", str(tmp_path / "out2")], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=60, cwd=ROOT)
     assert failed.returncode == 2 and "bad.jsonl, row 1: no 'chosen' column" in failed.stderr
     assert not (tmp_path / "out2").exists()
+
+
+_KILLED_RUN = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+from models_core.reward_config import RewardConfig
+from models_core.reward_trainer import train_reward_model
+from tests.reward_fixtures import separable_pairs
+
+def die(event):
+    if event["step"] == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final save: as a killed worker ends
+
+config = RewardConfig(**__import__("json").loads(sys.argv[4]))
+train_reward_model(sys.argv[1], separable_pairs(96, seed=3), config, sys.argv[2], progress=die)
+"""
+
+
+def test_a_killed_process_resumes_to_the_same_weights(reward_base, tmp_path):
+    values = dict(num_epochs=1.0, micro_batch_size=4, pairs_per_step=8, learning_rate=3e-3, min_warmup_steps=1,
+                  max_length=64, save_every_steps=2, device="cpu")
+    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(reward_base), str(tmp_path / "run"), "7",
+                             json.dumps(values)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step-4", "step-6"]
+    assert not (tmp_path / "run" / "model").exists()
+    config = RewardConfig(**values)
+    resumed = train_reward_model(reward_base, separable_pairs(96, seed=3), config, tmp_path / "run")
+    whole = train_reward_model(reward_base, separable_pairs(96, seed=3), config, tmp_path / "whole")
+    assert resumed.resumed_from_step == 6 and resumed.steps == whole.steps == 12
+    a, b = _final_weights(tmp_path / "whole"), _final_weights(tmp_path / "run")
+    assert all(torch.equal(a[k], b[k]) for k in a)
