@@ -3,6 +3,7 @@ its held-out report, through a real training worker; the commands; bad data writ
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -74,6 +75,12 @@ def test_a_run_from_database_comparisons_through_the_training_worker_ends_regist
     assert manifest["train_hash"] == run.manifest_hash
     assert json.loads((directory / "report.json").read_text())["n"] == run.test_pairs
     assert (directory / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = Client()
+    client.force_login(UserFactory(is_staff=True))
+    page = client.get(reverse("frontend:reward_model", args=[run.pk])).content.decode()
+    assert "Table 8 layout" in page and checkpoint.name in page and "hx-trigger" not in page
+    plot = client.get(reverse("frontend:reward_model_plot", args=[run.pk]))
+    assert plot["Content-Type"] == "image/png" and b"".join(plot.streaming_content)[:4] == b"\x89PNG"
     # The same message again (a redelivery) does nothing: the run is done.
     assert reward_runs.execute_run(run.pk) is reward_runs.Claim.DONE
     assert PolicyCheckpoint.objects.filter(role=PolicyCheckpoint.Role.REWARD_HELPFULNESS).count() == 1
@@ -204,3 +211,39 @@ def test_the_run_page_polls_while_training_and_shows_the_tables_when_done(checkp
     assert "anthropic-hh-harmless" in html and "Precision 50%, recall 25%" in html
     client.force_login(staff)
     assert "Train a reward model" in client.get(reverse("frontend:reward_models")).content.decode()
+
+
+@pytest.mark.django_db
+def test_the_readme_demo_trains_a_safety_model_from_the_bundled_harmless_pairs(checkpoint_dir, policy, capsys):
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "train_reward_model" in b]
+    commands = [line.split("manage.py ", 1)[1].split() for line in block.replace("\\\n", " ").splitlines()
+                if "manage.py" in line]
+    assert [c[0] for c in commands] == ["import_preferences", "train_reward_model"]
+    for command in commands:
+        call_command(*command)
+    run = RewardModelRun.objects.get()
+    assert run.status == "succeeded" and run.kind == "safety" and run.config["pairs_per_step"] == 32
+    assert run.test_pairs >= 1000 and run.train_pairs > 0
+    assert set(run.metrics["by_source"]) >= {"anthropic-hh-harmless"}
+    assert "Unsafe at threshold" not in capsys.readouterr().out or run.metrics.get("safety")
+
+
+@pytest.mark.django_db
+def test_the_admin_adds_a_queued_run_through_the_service_and_restarts_failed_ones(admin_client, checkpoint_dir,
+                                                                                 policy):
+    _comparisons()
+    refused = admin_client.post(reverse("admin:rlhf_rewardmodelrun_add"), {"kind": "nope", "preset": "cpu-small"})
+    assert refused.status_code == 200 and RewardModelRun.objects.count() == 0
+    added = admin_client.post(reverse("admin:rlhf_rewardmodelrun_add"), {"kind": "helpfulness",
+                                                                         "preset": "cpu-small"})
+    assert added.status_code == 302, added.content.decode()[:2000]
+    run = RewardModelRun.objects.get()
+    assert run.status == "queued" and run.base_checkpoint == policy and run.config["pairs_per_step"] == 32
+    assert admin_client.get(reverse("admin:rlhf_rewardmodelrun_change", args=[run.pk])).status_code == 200
+    RewardModelRun.objects.filter(pk=run.pk).update(status="failed", error="boom")
+    admin_client.post(reverse("admin:rlhf_rewardmodelrun_changelist"),
+                      {"action": "restart_failed", "_selected_action": [run.pk]})
+    assert RewardModelRun.objects.get(pk=run.pk).status == "queued"
