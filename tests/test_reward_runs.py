@@ -247,3 +247,16 @@ def test_the_admin_adds_a_queued_run_through_the_service_and_restarts_failed_one
     admin_client.post(reverse("admin:rlhf_rewardmodelrun_changelist"),
                       {"action": "restart_failed", "_selected_action": [run.pk]})
     assert RewardModelRun.objects.get(pk=run.pk).status == "queued"
+
+
+@pytest.mark.django_db
+def test_print_launch_prepares_the_files_and_prints_the_cluster_command(checkpoint_dir, policy, capsys):
+    _comparisons()
+    call_command("train_reward_model", "--kind", "helpfulness", "--preset", "cpu-small", "--print-launch",
+                 "--nodes", "2", "--gpus-per-node", "8", "--zero", "3")
+    out = capsys.readouterr().out
+    assert "accelerate launch" in out and "zero3" in out and "16 processes" in out
+    (folder,) = (checkpoint_dir / "reward-launch").iterdir()
+    assert json.loads((folder / "config.json").read_text())["pairs_per_step"] == 32
+    assert sum(1 for _ in (folder / "train.jsonl").open()) > 0 and str(policy.path) in out
+    assert RewardModelRun.objects.count() == 0  # printing launches nothing
