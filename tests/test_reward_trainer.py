@@ -2,6 +2,7 @@
 from the left without cutting responses, and runs from the command line."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -206,3 +207,20 @@ def test_a_killed_process_resumes_to_the_same_weights(reward_base, tmp_path):
     assert resumed.resumed_from_step == 6 and resumed.steps == whole.steps == 12
     a, b = _final_weights(tmp_path / "whole"), _final_weights(tmp_path / "run")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_safety_aux_weight_adds_the_bce_of_sigmoid_reward_against_safe(reward_base, tmp_path):
+    """One step over all pairs: the first loss with the auxiliary term minus the plain one is weight x the mean
+    BCE(σ(r), safe) of the initial model over every labelled response."""
+    pairs = separable_pairs(16, seed=9)
+    values = dict(num_epochs=1.0, pairs_per_step=16, micro_batch_size=8, max_length=128)
+    plain = train_reward_model(reward_base, pairs, _config(**values), tmp_path / "plain")
+    with_aux = train_reward_model(reward_base, pairs, _config(**values, safety_aux_weight=0.5), tmp_path / "aux")
+    torch.manual_seed(0)  # the trainer's seed: the same new score head
+    initial = load_reward_model(reward_base, device="cpu")
+    rewards = score(initial, [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs],
+                    max_length=128)
+    safe = [1.0] * 16 + [0.0] * 16
+    bce = sum(-math.log(1 / (1 + math.exp(-r))) if s else -math.log(1 - 1 / (1 + math.exp(-r)))
+              for r, s in zip(rewards, safe, strict=True)) / 32
+    assert with_aux.first_loss - plain.first_loss == pytest.approx(0.5 * bce, rel=1e-4)
