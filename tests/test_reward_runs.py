@@ -260,3 +260,28 @@ def test_print_launch_prepares_the_files_and_prints_the_cluster_command(checkpoi
     assert json.loads((folder / "config.json").read_text())["pairs_per_step"] == 32
     assert sum(1 for _ in (folder / "train.jsonl").open()) > 0 and str(policy.path) in out
     assert RewardModelRun.objects.count() == 0  # printing launches nothing
+
+
+@pytest.mark.django_db
+def test_a_failed_run_restarted_resumes_from_its_checkpoint_in_the_same_directory(checkpoint_dir, policy):
+    _comparisons(n=64, heldout=8)
+    run = reward_runs.create_run(kind="helpfulness", config={**TINY, "save_every_steps": 1}, enqueue=False)
+    steps: list[int] = []
+
+    def crash_at_step_3(event):
+        steps.append(event["step"])
+        if event["step"] == 3:
+            raise KeyboardInterrupt  # as a Ctrl-C or a killed worker would end it
+
+    with pytest.raises(KeyboardInterrupt):
+        reward_runs.execute_run(run.pk, progress=crash_at_step_3)
+    run.refresh_from_db()
+    assert run.status == "failed" and "KeyboardInterrupt" in run.error
+    exported = (reward_runs.run_dir(run) / "data" / "train.jsonl").read_bytes()
+    assert reward_runs.requeue_run(run.pk)
+    resumed: list[int] = []
+    assert reward_runs.execute_run(run.pk, progress=lambda e: resumed.append(e["step"])) is reward_runs.Claim.CLAIMED
+    run.refresh_from_db()
+    assert run.status == "succeeded" and run.step == run.total_steps
+    assert resumed[0] > 1 and resumed[-1] == run.total_steps  # continued, not started again
+    assert (reward_runs.run_dir(run) / "data" / "train.jsonl").read_bytes() == exported  # the same rows
