@@ -78,3 +78,22 @@ def test_the_run_json_has_the_tables(scored_run):
                                                               "negligibly_better", "average"]
     assert data["by_strength_table"][1]["n"] == 4 and data["by_strength_table"][0]["n"] == 0
     assert data["by_source_table"] == [{"source": "ladder", **stat, "text": "50.0% [20.0, 80.0] n=4"}]
+
+
+def test_scoring_takes_an_api_token_and_refuses_one_without_the_permission(scored_run):
+    from api.tokens import create_token
+
+    _, scorer_token = create_token(_scorer())
+    _, plain_token = create_token(UserFactory())
+    url = f"/api/v1/reward-models/{scored_run.pk}/score/"
+    client = APIClient()
+    ok = client.post(url, {"items": [ITEM]}, format="json", HTTP_AUTHORIZATION=f"Token {scorer_token}")
+    assert ok.status_code == 200 and len(ok.json()["scores"]) == 1
+    refused = client.post(url, {"items": [ITEM]}, format="json", HTTP_AUTHORIZATION=f"Token {plain_token}")
+    assert refused.status_code == 403 and "Can score" in refused.json()["error"]["detail"]
+
+
+def test_a_request_over_the_total_size_is_refused(scored_run):
+    item = {"dialogue": [{"role": "user", "content": "x" * 31_000}] * 2, "response": "y"}
+    response = _post(_scorer(), scored_run, {"items": [item] * 17})
+    assert response.status_code == 400 and "1,000,000 characters" in response.json()["error"]["fields"]["items"][0]
