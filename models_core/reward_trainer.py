@@ -255,6 +255,9 @@ def _barrier(dist_info: _Distributed) -> None:
 
 
 def _setup_distributed(config: RewardConfig) -> _Distributed:
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        sys.stderr.write("warning: the launcher asks for DeepSpeed; this trainer runs torch DDP (no ZeRO "
+                         "partitioning): each GPU holds the full model, gradients and AdamW state\n")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return _Distributed()
