@@ -218,7 +218,8 @@ def test_the_readme_demo_trains_a_safety_model_from_the_bundled_harmless_pairs(c
     import re
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "train_reward_model" in b]
+    blocks = re.findall(r"```sh\n(.*?)```", readme, re.S)
+    (block,) = [b for b in blocks if "train_reward_model" in b and "import_preferences" in b]
     commands = [line.split("manage.py ", 1)[1].split() for line in block.replace("\\\n", " ").splitlines()
                 if "manage.py" in line]
     assert [c[0] for c in commands] == ["import_preferences", "train_reward_model"]
