@@ -24,8 +24,9 @@ Speed
   --speed-pairs pairs (token ids cut to --speed-max-length the same way), the same batch (--speed-batch pairs per
   optimizer step, no accumulation), one epoch, fp32 on CPU, the same learning rate. Pairs/s of the training loop
   (the trainer's own clock: TrainResult.pairs_per_second, TRL's train_runtime) is the ratio's; the whole call
-  (model load, tokenization, training, for TRL the token ids built outside it) is printed beside it. TRL keeps
-  its defaults otherwise (gradient checkpointing on, random order). Ratio platform/TRL (target >= 1.0).
+  (model load, tokenization, training; the platform's includes writing its final model) is printed beside it;
+  each trainer runs --speed-repeats times, interleaved with the order alternating, and the medians are compared.
+  TRL keeps its defaults otherwise (gradient checkpointing on, random order). Ratio platform/TRL (target >= 1.0).
 
     python bench/reward.py [--train-pairs 512] [--test-pairs 500] [--quick] [--skip-speed] [--skip-quality]
 
@@ -41,6 +42,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -66,6 +68,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--speed-pairs", type=int, default=128)
     parser.add_argument("--speed-max-length", type=int, default=128)
     parser.add_argument("--speed-batch", type=int, default=16)
+    parser.add_argument("--speed-repeats", type=int, default=2, help="interleaved runs of each trainer (median)")
     parser.add_argument("--quick", action="store_true", help="128 train, 128 test, 64 speed pairs")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
@@ -77,7 +80,8 @@ def parse_args() -> argparse.Namespace:
     if not margins or any(m not in MARGINS for m in margins):
         parser.error(f"--margins takes {', '.join(MARGINS)} (comma-separated)")
     args.margins = margins
-    for name in ("train_pairs", "test_pairs", "heldout", "speed_pairs", "speed_max_length", "speed_batch"):
+    for name in ("train_pairs", "test_pairs", "heldout", "speed_pairs", "speed_max_length", "speed_batch",
+                 "speed_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -197,9 +201,11 @@ def trl_train(model: Path, examples: list[dict], out: Path, *, max_length: int, 
     kept = len(trainer.train_dataset)
     result = trainer.train()
     seconds = time.perf_counter() - started
+    saving = time.perf_counter()
     trainer.save_model(str(out / "model"))
     tokenizer.save_pretrained(str(out / "model"))
-    return {"seconds": seconds, "train_runtime": result.metrics.get("train_runtime"), "kept": kept,
+    return {"seconds": seconds, "save_seconds": time.perf_counter() - saving,
+            "train_runtime": result.metrics.get("train_runtime"), "kept": kept,
             "given": len(examples), "defaults": {k: getattr(args, k) for k in (
                 "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
                 "lr_scheduler_type", "warmup_steps", "weight_decay", "gradient_checkpointing", "max_length")}}
@@ -292,7 +298,7 @@ def speed(args: argparse.Namespace, model: Path, folder: Path) -> dict:
 
     from annotation.imports import read_hh_rlhf
     from models_core.reward_config import RewardConfig
-    from models_core.reward_data import PreferencePair
+    from models_core.reward_data import PreferencePair, encode_response
     from models_core.reward_trainer import train_reward_model
 
     pairs = []
@@ -305,26 +311,36 @@ def speed(args: argparse.Namespace, model: Path, folder: Path) -> dict:
     config = RewardConfig.from_dict({"pairs_per_step": batch, "micro_batch_size": batch, "max_length": length,
                                      "save_every_steps": 10_000, "margin": "none"},
                                     base=RewardConfig.preset("cpu-small"))
-    started = time.perf_counter()
-    ours = train_reward_model(str(model), pairs, config, folder / "speed-platform", resume=False)
-    ours_s = time.perf_counter() - started
-    started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model)
-    examples = encoded_ids(tokenizer, pairs, length)  # the same tokens the platform trained on
-    encode_s = time.perf_counter() - started
-    trl_result = trl_train(model, examples, folder / "speed-trl", max_length=length, epochs=1.0, batch=batch,
-                           learning_rate=config.learning_rate)
-    trl_s = encode_s + trl_result["seconds"]
-    ours_loop, trl_loop = ours.pairs_per_second, trl_result["kept"] / trl_result["train_runtime"]
-    ours_wall, trl_wall = ours.pairs_seen / ours_s, trl_result["kept"] / trl_s
+    # the platform leaves out a pair whose response alone is longer than max_length; TRL gets the same pairs
+    pairs = [p for p in pairs if not any(encode_response(tokenizer, p.prompt, r, length).response_cut
+                                         for r in (p.chosen, p.rejected))]
+    runs: dict[str, list[tuple[float, float]]] = {"platform": [], "trl": []}  # (loop pairs/s, whole-call pairs/s)
+    for repeat in range(args.speed_repeats):  # interleaved, the order alternating, so load drift hits both
+        for who in (("platform", "trl") if repeat % 2 == 0 else ("trl", "platform")):
+            started = time.perf_counter()
+            if who == "platform":
+                ours = train_reward_model(str(model), pairs, config, folder / f"speed-platform-{repeat}",
+                                          resume=False)
+                runs[who].append((ours.pairs_per_second, ours.pairs_seen / (time.perf_counter() - started)))
+            else:
+                examples = encoded_ids(AutoTokenizer.from_pretrained(model), pairs, length)  # the same tokens
+                trl_result = trl_train(model, examples, folder / f"speed-trl-{repeat}", max_length=length,
+                                       epochs=1.0, batch=batch, learning_rate=config.learning_rate)
+                whole = time.perf_counter() - started - trl_result["save_seconds"]
+                runs[who].append((trl_result["kept"] / trl_result["train_runtime"], trl_result["kept"] / whole))
+            print(f"  speed {who} #{repeat + 1}: {runs[who][-1][0]:.2f} pairs/s (training loop)", flush=True)
+    ours_loop, ours_wall = (statistics.median(r[i] for r in runs["platform"]) for i in (0, 1))
+    trl_loop, trl_wall = (statistics.median(r[i] for r in runs["trl"]) for i in (0, 1))
     ratio = ours_loop / trl_loop
-    print(f"\nreward speed: {len(pairs)} pairs, max_length {length}, {batch} pairs per optimizer step, one epoch, "
+    print(f"\nreward speed: {len(pairs)} pairs (of {args.speed_pairs}: both trainers leave out a response longer than "
+          f"max_length), max_length {length}, {batch} pairs per optimizer step, one epoch, "
           f"MiniLM-L6 fp32 on CPU ({os.cpu_count()} cores)")
     print(f"  {'':<26}{'training loop':>16}{'whole call':>16}")
-    print(f"  {'platform trainer':<26}{ours_loop:>10.2f} pairs/s{ours_wall:>10.2f} pairs/s  ({ours.pairs_seen} pairs, "
-          f"{ours_s:.1f} s; length-grouped micro-batches, dynamic padding)")
-    print(f"  {'plain trl.RewardTrainer':<26}{trl_loop:>10.2f} pairs/s{trl_wall:>10.2f} pairs/s  "
-          f"({trl_result['kept']} pairs, {trl_s:.1f} s; train_runtime {trl_result['train_runtime']:.1f} s)")
+    print(f"  {'platform trainer':<26}{ours_loop:>10.2f} pairs/s{ours_wall:>10.2f} pairs/s  (median of "
+          f"{len(runs['platform'])}; length-grouped micro-batches, dynamic padding)")
+    print(f"  {'plain trl.RewardTrainer':<26}{trl_loop:>10.2f} pairs/s{trl_wall:>10.2f} pairs/s  (median of "
+          f"{len(runs['trl'])}; gradient checkpointing, random order)")
     print(f"  ratio platform/TRL = {ratio:.2f} in the training loop (target >= 1.0), {ours_wall / trl_wall:.2f} "
           f"for the whole call (model load, tokenization, training)")
     return {"platform_pairs_s": round(ours_loop, 3), "trl_pairs_s": round(trl_loop, 3), "speed_ratio": round(ratio, 3),
