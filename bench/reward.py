@@ -25,7 +25,8 @@ Speed
   optimizer step, no accumulation), one epoch, fp32 on CPU, the same learning rate. Pairs/s of the training loop
   (the trainer's own clock: TrainResult.pairs_per_second, TRL's train_runtime) is the ratio's; the whole call
   (model load, tokenization, training; the platform's includes writing its final model) is printed beside it;
-  each trainer runs --speed-repeats times, interleaved with the order alternating, and the medians are compared.
+  after an untimed warm-up of each, each trainer runs --speed-repeats times, interleaved with the order
+  alternating, and the medians are compared.
   TRL keeps its defaults otherwise (gradient checkpointing on, random order). Ratio platform/TRL (target >= 1.0).
 
     python bench/reward.py [--train-pairs 512] [--test-pairs 500] [--quick] [--skip-speed] [--skip-quality]
@@ -315,6 +316,11 @@ def speed(args: argparse.Namespace, model: Path, folder: Path) -> dict:
     # the platform leaves out a pair whose response alone is longer than max_length; TRL gets the same pairs
     pairs = [p for p in pairs if not any(encode_response(tokenizer, p.prompt, r, length).response_cut
                                          for r in (p.chosen, p.rejected))]
+    # warm-up, not timed: the process's first training pays one-off costs (kernel selection, allocator growth)
+    warm = pairs[:batch]
+    train_reward_model(str(model), warm, config, folder / "speed-warm-platform", resume=False)
+    trl_train(model, encoded_ids(tokenizer, warm, length), folder / "speed-warm-trl", max_length=length, epochs=1.0,
+              batch=batch, learning_rate=config.learning_rate)
     runs: dict[str, list[tuple[float, float]]] = {"platform": [], "trl": []}  # (loop pairs/s, whole-call pairs/s)
     for repeat in range(args.speed_repeats):  # interleaved, the order alternating, so load drift hits both
         for who in (("platform", "trl") if repeat % 2 == 0 else ("trl", "platform")):
