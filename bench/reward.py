@@ -69,7 +69,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--speed-pairs", type=int, default=128)
     parser.add_argument("--speed-max-length", type=int, default=128)
     parser.add_argument("--speed-batch", type=int, default=16)
-    parser.add_argument("--speed-repeats", type=int, default=2, help="interleaved runs of each trainer (median)")
+    parser.add_argument("--speed-repeats", type=int, default=3, help="interleaved runs of each trainer (median)")
     parser.add_argument("--quick", action="store_true", help="128 train, 128 test, 64 speed pairs")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
