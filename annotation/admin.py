@@ -200,7 +200,8 @@ class PolicyCheckpointForm(forms.ModelForm):
         if path and (self.instance.pk is None or path != self.instance.path):
             # Refuse a checkpoint that does not load now, not when a worker first samples from it.
             try:
-                self.checkpoint_summary = checkpoints.check_checkpoint_path(path)
+                role = self.data.get("role") or getattr(self.instance, "role", "policy")  # raw: role is cleaned later
+                self.checkpoint_summary = checkpoints.check_checkpoint_path(path, role)
             except forms.ValidationError as exc:
                 raise forms.ValidationError(exc.message_dict["path"]) from exc
         return path

@@ -9,14 +9,17 @@ from django.db import transaction
 
 from annotation.models import PolicyCheckpoint
 
+REWARD_ROLES = (PolicyCheckpoint.Role.REWARD_HELPFULNESS, PolicyCheckpoint.Role.REWARD_SAFETY)
 
-def check_checkpoint_path(path: str) -> dict:
-    """Summary of a loadable checkpoint, or a ``ValidationError`` that says what is wrong with it."""
+
+def check_checkpoint_path(path: str, role: str = PolicyCheckpoint.Role.POLICY) -> dict:
+    """Summary of a loadable checkpoint (a causal LM for a policy, a scalar-head reward model for the reward
+    roles), or a ``ValidationError`` that says what is wrong with it."""
     # Imported here: torch and transformers are heavy, and only registration needs them in a web process.
     from models_core.loading import CheckpointError, validate_checkpoint
 
     try:
-        summary = validate_checkpoint(path)
+        summary = validate_checkpoint(path, reward=role in REWARD_ROLES)
     except CheckpointError as exc:
         raise ValidationError({"path": str(exc)}) from exc
     return {
@@ -54,7 +57,7 @@ def register_checkpoint(
         raise ValidationError({"role": f"Unknown role {role!r}."})
     path = path.strip()
     check_path_given(path)
-    summary = check_checkpoint_path(path) if path else {}
+    summary = check_checkpoint_path(path, role) if path else {}
     with transaction.atomic():
         if PolicyCheckpoint.objects.filter(name=name).exists():
             raise ValidationError({"name": f"A checkpoint named {name!r} is already registered."})

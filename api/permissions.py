@@ -32,3 +32,11 @@ class CanExport(BasePermission):
     def has_permission(self, request, view):
         user = request.user
         return user.is_authenticated and (user.is_staff or user.has_perm("annotation.export_preferences"))
+
+
+class CanScore(BasePermission):
+    message = "Scoring needs staff or the 'Can score responses with reward models' permission."
+
+    def has_permission(self, request, view):
+        user = request.user
+        return user.is_authenticated and (user.is_staff or user.has_perm("rlhf.can_score"))

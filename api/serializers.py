@@ -12,6 +12,8 @@ from annotation.models import (
     Response,
     Turn,
 )
+from rlhf.models import RewardModelRun
+from rlhf.reward_reports import source_table, strength_table
 
 # The letters an annotator sees and sends: A is always the left response, B the right (not the stored slot).
 LETTERS = [("A", "Response A (left)"), ("B", "Response B (right)")]
@@ -188,3 +190,63 @@ class PreferenceImportResultSerializer(ImportResultSerializer):
     rejects = _RejectSerializer(many=True, help_text="The first rows left out (line, reason, detail).")
     rejects_truncated = serializers.BooleanField(help_text="More rows were left out than are listed.")
     batches = serializers.ListField(child=serializers.CharField(), help_text="The batches the rows went to.")
+
+
+class RewardModelRunSerializer(serializers.ModelSerializer):
+    """A reward-model run: its inputs, progress and held-out report (``metrics``), with the report also laid
+    out as the paper's Table 8 (``by_strength_table``) and Table 7 (``by_source_table``)."""
+
+    progress = serializers.SerializerMethodField()
+    by_strength_table = serializers.SerializerMethodField()
+    by_source_table = serializers.SerializerMethodField()
+    output_checkpoint = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    base_checkpoint = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = RewardModelRun
+        fields = ["id", "kind", "status", "base_checkpoint", "base_path", "config", "export_options", "data_file",
+                  "manifest_hash", "train_pairs", "test_pairs", "split", "seed", "progress", "metrics",
+                  "by_strength_table", "by_source_table", "error", "output_checkpoint", "created_at", "started_at",
+                  "finished_at"]
+
+    @extend_schema_field(serializers.DictField())
+    def get_progress(self, run) -> dict:
+        return {"step": run.step, "total_steps": run.total_steps, "loss": run.loss,
+                "pairs_per_second": run.pairs_per_second, "percent": run.progress_percent}
+
+    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    def get_by_strength_table(self, run) -> list:
+        return strength_table(run.metrics) if run.metrics.get("n") else []
+
+    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    def get_by_source_table(self, run) -> list:
+        return source_table(run.metrics) if run.metrics.get("n") else []
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "user", "assistant"])
+    content = serializers.CharField(max_length=32_000, allow_blank=True, trim_whitespace=False)
+
+
+class ScoreItemSerializer(serializers.Serializer):
+    dialogue = serializers.ListField(child=MessageSerializer(), min_length=1, max_length=64,
+                                     help_text="The dialogue up to the response being scored.")
+    response = serializers.CharField(max_length=32_000, allow_blank=True, trim_whitespace=False)
+
+
+SCORE_MAX_TOTAL_CHARS = 1_000_000
+
+
+class ScoreInputSerializer(serializers.Serializer):
+    items = ScoreItemSerializer(many=True, allow_empty=False, max_length=64)
+
+    def validate_items(self, items):
+        total = sum(len(i["response"]) + sum(len(m["content"]) for m in i["dialogue"]) for i in items)
+        if total > SCORE_MAX_TOTAL_CHARS:
+            raise serializers.ValidationError(f"At most {SCORE_MAX_TOTAL_CHARS:,} characters in all; got {total:,}.")
+        return items
+
+
+class ScoreResultSerializer(serializers.Serializer):
+    model = serializers.CharField(help_text="The registered checkpoint that scored.")
+    scores = serializers.ListField(child=serializers.FloatField(), help_text="Raw rewards, in the order given.")

@@ -12,6 +12,7 @@ router.register("prompts", views.PromptViewSet, basename="prompt")
 router.register("responses", views.ResponseViewSet, basename="response")
 router.register("comparisons", views.ComparisonViewSet, basename="comparison")
 router.register("checkpoints", views.CheckpointViewSet, basename="checkpoint")
+router.register("reward-models", views.RewardModelRunViewSet, basename="reward-model")
 
 v1 = [
     path("health/", views.health, name="api-health"),

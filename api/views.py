@@ -13,7 +13,7 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
-from rest_framework.decorators import api_view, parser_classes, permission_classes
+from rest_framework.decorators import action, api_view, parser_classes, permission_classes
 from rest_framework.exceptions import APIException, UnsupportedMediaType
 from rest_framework.parsers import FileUploadParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -25,7 +25,7 @@ from annotation.models import AnnotationBatch, Comparison, Dialogue, Focus, Poli
 from annotation.models import Response as ModelResponse
 from api import filters
 from api.errors import error_response
-from api.permissions import CanExport, CanImport, IsReviewerOrStaff
+from api.permissions import CanExport, CanImport, CanScore, IsReviewerOrStaff
 from api.serializers import (
     BatchSerializer,
     CheckpointSerializer,
@@ -37,9 +37,13 @@ from api.serializers import (
     PromptInputSerializer,
     PromptSerializer,
     ResponseSerializer,
+    RewardModelRunSerializer,
+    ScoreInputSerializer,
+    ScoreResultSerializer,
     TaskSerializer,
 )
-from rlhf import exports
+from rlhf import exports, reward_scoring
+from rlhf.models import RewardModelRun
 
 ERROR = inline_serializer("Error", {"error": inline_serializer("ErrorBody", {
     "status": serializers.IntegerField(), "code": serializers.CharField(), "detail": serializers.CharField(),
@@ -227,6 +231,55 @@ class CheckpointViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [IsReviewerOrStaff]
     filterset_class = None
     queryset = PolicyCheckpoint.objects.select_related("parent")
+
+
+@extend_schema(tags=["reward models"])
+class RewardModelRunViewSet(viewsets.ReadOnlyModelViewSet):
+    """Reward-model runs (Llama 2 §3.2.2): inputs, live progress and the held-out report, as on the run page."""
+
+    serializer_class = RewardModelRunSerializer
+    permission_classes = [IsReviewerOrStaff]
+    filterset_class = None
+    queryset = RewardModelRun.objects.select_related("base_checkpoint", "output_checkpoint")
+
+    @extend_schema(request=ScoreInputSerializer, responses={200: ScoreResultSerializer, 400: ERROR, 404: ERROR,
+                                                            409: ERROR})
+    @action(detail=True, methods=["post"], permission_classes=[CanScore])
+    def score(self, request: Request, pk=None) -> Response:
+        """Score up to 64 (dialogue, response) items with the run's reward model: raw rewards, higher is better."""
+        body = ScoreInputSerializer(data=request.data)
+        if not body.is_valid():
+            raise serializers.ValidationError(_flat_errors(body.errors))
+        run = get_object_or_404(RewardModelRun.objects.select_related("output_checkpoint"), pk=pk)
+        checkpoint = run.output_checkpoint
+        if run.status != RewardModelRun.Status.SUCCEEDED or checkpoint is None or not checkpoint.path:
+            return error_response(409, "not_ready", f"Run {run.pk} has no registered reward model (status "
+                                                    f"{run.status}).")
+        items = body.validated_data["items"]
+        scores = reward_scoring.score_items(checkpoint.path, [[dict(m) for m in i["dialogue"]] for i in items],
+                                            [i["response"] for i in items])
+        return Response(ScoreResultSerializer({"model": checkpoint.name, "scores": scores}).data)
+
+
+def _flat_errors(errors, prefix: str = "") -> dict[str, list[str]]:
+    """Nested serializer errors as one level keyed by path (``items[2].dialogue[0].role``)."""
+    flat: dict[str, list[str]] = {}
+    if isinstance(errors, dict):
+        for key, value in errors.items():
+            # ListField errors are keyed by the index (an int); ListSerializer errors are lists.
+            name = f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}.{key}" if prefix else str(key)
+            if key == "non_field_errors" and prefix:
+                name = prefix
+            flat.update(_flat_errors(value, name))
+    elif isinstance(errors, list) and errors and all(isinstance(e, str) for e in errors):
+        flat[prefix or "non_field_errors"] = [str(e) for e in errors]
+    elif isinstance(errors, list):
+        for index, value in enumerate(errors):
+            if value:
+                flat.update(_flat_errors(value, f"{prefix}[{index}]"))
+    else:
+        flat[prefix or "non_field_errors"] = [str(errors)]
+    return flat
 
 
 # --- imports and exports --------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from frontend import views
+from frontend import reward_views, views
 
 app_name = "frontend"
 
@@ -23,4 +23,10 @@ urlpatterns = [
     path("labels/<int:comparison_id>/continue/", views.continue_dialogue, name="continue"),
     path("review/<int:batch_id>/", views.review, name="review"),
     path("tokens/", views.api_tokens, name="tokens"),
+    path("reward-models/", reward_views.run_list, name="reward_models"),
+    path("reward-models/new/", reward_views.run_start, name="reward_model_start"),
+    path("reward-models/<int:run_id>/", reward_views.run_detail, name="reward_model"),
+    path("reward-models/<int:run_id>/progress/", reward_views.run_progress, name="reward_model_progress"),
+    path("reward-models/<int:run_id>/calibration.png", reward_views.run_calibration, name="reward_model_plot"),
+    path("reward-models/<int:run_id>/retry/", reward_views.run_retry, name="reward_model_retry"),
 ]

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 SAFETENSORS_WEIGHTS = "model.safetensors"
@@ -189,10 +189,24 @@ def _stored_weight_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
         raise CheckpointError(path, f"the safetensors weights cannot be read: {exc}") from exc
 
 
-def _meta_model(config: Any, path: Path) -> Any:
+def _check_reward_model(config: Any, path: Path) -> str:
+    """The architecture name, if it is a scalar-head sequence classifier (a reward model: ``num_labels`` 1)."""
+    declared = list(getattr(config, "architectures", None) or [])
+    name = next((n for n in declared if n.endswith("ForSequenceClassification")), None)
+    if name is None:
+        raise CheckpointError(path, f"architecture {', '.join(declared) or '(none)'} is not a reward model "
+                                    "(*ForSequenceClassification)")
+    if getattr(config, "num_labels", 1) != 1:
+        raise CheckpointError(path, f"a reward model has one output (num_labels 1), not {config.num_labels}")
+    return name
+
+
+def _meta_model(config: Any, path: Path, *, reward: bool = False) -> Any:
     """The model built on the ``meta`` device: names, shapes and parameter count without allocating weights."""
     try:
         with torch.device("meta"):
+            if reward:
+                return AutoModelForSequenceClassification.from_config(config)
             return AutoModelForCausalLM.from_config(config)
     except Exception as exc:
         raise CheckpointError(path, f"the model cannot be built from config.json: {exc}") from exc
@@ -237,16 +251,16 @@ def _compare_weights(model: Any, stored: dict[str, tuple[int, ...]], path: Path)
         raise CheckpointError(path, f"the weights do not match the config: {'; '.join(wrong_shape[:3])}")
 
 
-def validate_checkpoint(path: str | Path) -> CheckpointSummary:
-    """Check that ``path`` is a loadable causal-LM checkpoint without loading its weights; raise
-    ``CheckpointError`` naming the path and the first problem found."""
+def validate_checkpoint(path: str | Path, *, reward: bool = False) -> CheckpointSummary:
+    """Check that ``path`` is a loadable causal-LM checkpoint (with ``reward``: a scalar-head reward model)
+    without loading its weights; raise ``CheckpointError`` naming the path and the first problem found."""
     path = Path(path).expanduser()
     config = _load_config(path)
-    architecture = _check_causal_lm(config, path)
+    architecture = _check_reward_model(config, path) if reward else _check_causal_lm(config, path)
     context_length = _context_length(config, path)
     tokenizer = _load_tokenizer(path)
     stored = _stored_weight_shapes(path)
-    model = _meta_model(config, path)
+    model = _meta_model(config, path, reward=reward)
     if stored is not None:
         _compare_weights(model, stored, path)
     return CheckpointSummary(

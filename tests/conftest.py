@@ -27,9 +27,9 @@ def database_url_for_tests() -> str:
     return f"postgres://{user}{password}@{host}{':' + str(port) if port else ''}/{db['NAME']}"
 
 
-def start_worker(log_name: str = "worker.log", **extra_env: str):
-    """Start a real Celery worker process (solo pool) on the default and sampling queues, against the test
-    database and the real Redis broker; return the Popen once it answers a ping."""
+def start_worker(log_name: str = "worker.log", queues: str = "default,sampling", **extra_env: str):
+    """Start a real Celery worker process (solo pool) on ``queues`` (the default and sampling queues), against
+    the test database and the real Redis broker; return the Popen once it answers a ping."""
     import os
     import subprocess
     import sys
@@ -45,7 +45,7 @@ def start_worker(log_name: str = "worker.log", **extra_env: str):
     name = f"test-{os.getpid()}-{time.monotonic_ns()}@%h"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "default,sampling",
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues,
              "--pool", "solo", "--concurrency", "1", "-n", name, "--without-gossip", "--without-mingle",
              "--loglevel", "INFO"],
             cwd=settings.BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -132,3 +132,14 @@ def smollm2_dir(tmp_path_factory):
     except GGUFUnavailable as exc:
         pytest.fail(f"{exc}; `make test` installs it")
     return convert_packaged_gguf(source, tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct").path
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_dir(tiny_policy_dir, tmp_path_factory):
+    """The tiny policy with a fresh scalar head, saved as a reward model (untrained: for plumbing tests)."""
+    from models_core.reward_model import load_reward_model, save_reward_model
+
+    loaded = load_reward_model(tiny_policy_dir, device="cpu", dtype="float32")
+    out = tmp_path_factory.mktemp("tiny-reward")
+    save_reward_model(loaded.model, loaded.tokenizer, out)
+    return out

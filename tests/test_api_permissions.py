@@ -1,5 +1,5 @@
 """Every endpoint, for anonymous users, annotators, reviewers and staff (and a user given only the
-import/export permissions)."""
+import/export permissions, or only Can score)."""
 
 import io
 import json
@@ -10,13 +10,14 @@ from rest_framework.test import APIClient
 
 from annotation import services
 from annotation.models import PolicyCheckpoint
+from rlhf.models import RewardModelRun
 from tests.factories import BatchFactory, UserFactory, make_pairs
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def world():
+def world(tiny_reward_dir):
     alice = UserFactory(username="alice")
     rita = UserFactory(username="rita")
     staff = UserFactory(username="sam", is_staff=True)
@@ -28,8 +29,13 @@ def world():
     services.claim_next_task(alice, batch.pk)
     services.add_prompts(batch, [{"messages": [{"role": "user", "content": "pool prompt"}]}], source="t")
     PolicyCheckpoint.objects.create(name="demo")
+    scorer = UserFactory(username="scorer")  # only the Can score permission
+    scorer.user_permissions.add(Permission.objects.get(codename="can_score"))
+    reward = PolicyCheckpoint.objects.create(name="rm", path=str(tiny_reward_dir), role="reward_helpfulness")
+    run = RewardModelRun.objects.create(kind="helpfulness", base_path="x", status="succeeded",
+                                        output_checkpoint=reward)
     return {"anonymous": None, "annotator": alice, "reviewer": rita, "staff": staff, "porter": porter,
-            "batch": batch, "task": tasks[0]}
+            "scorer": scorer, "batch": batch, "task": tasks[0], "run": run}
 
 
 def _client(user):
@@ -72,6 +78,14 @@ ENDPOINTS = [
      {"anonymous": 401, "annotator": 403, "reviewer": 403, "staff": 201, "porter": 201}),
     ("get", "/api/v1/preferences/export/?format=jsonl", {},
      {"anonymous": 401, "annotator": 403, "reviewer": 403, "staff": 200, "porter": 200}),
+    ("get", "/api/v1/reward-models/", {},
+     {"anonymous": 401, "annotator": 403, "reviewer": 200, "staff": 200, "scorer": 403}),
+    ("get", "/api/v1/reward-models/{run}/", {},
+     {"anonymous": 401, "annotator": 403, "reviewer": 200, "staff": 200, "scorer": 403}),
+    ("post", "/api/v1/reward-models/{run}/score/",
+     {"data": {"items": [{"dialogue": [{"role": "user", "content": "Hi?"}], "response": "Hello!"}]},
+      "format": "json"},
+     {"anonymous": 401, "annotator": 403, "reviewer": 403, "staff": 200, "porter": 403, "scorer": 200}),
     ("get", "/api/schema/", {}, {"anonymous": 200, "annotator": 200, "reviewer": 200, "staff": 200}),
     ("get", "/api/docs/", {}, {"anonymous": 200, "annotator": 200, "reviewer": 200, "staff": 200}),
 ]
@@ -89,8 +103,8 @@ def test_endpoint_permissions(world, method, url, kwargs, role, expected):
         upload = io.BytesIO(content)
         upload.name = name
         kwargs["data"] = {"file": upload}
-    response = _call(_client(world[role]), method, url.format(batch=world["batch"].pk, task=world["task"].pk),
-                     **kwargs)
+    url = url.format(batch=world["batch"].pk, task=world["task"].pk, run=world["run"].pk)
+    response = _call(_client(world[role]), method, url, **kwargs)
     assert response.status_code == expected, getattr(response, "data", None)
     if expected >= 400:
         assert set(response.json()["error"]) == {"status", "code", "detail", "fields"}

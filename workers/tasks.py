@@ -6,6 +6,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from annotation import generation, services
+from rlhf import reward_runs
 
 logger = logging.getLogger(__name__)
 
@@ -33,3 +34,16 @@ def expire_leases() -> int:
              max_retries=3)
 def refill_queues() -> dict[int, int]:
     return services.refill_all_queues()
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def train_reward_model(self, run_id: int) -> str:
+    """Train, evaluate and register reward-model run ``run_id``. Idempotent by run id: the run is claimed with a
+    conditional UPDATE and trains in a directory derived from its id, so a redelivered message (the worker died:
+    acks_late with reject_on_worker_lost) resumes from the last checkpoint. A run another worker holds is
+    retried later, until that worker's progress goes stale (``reward_runs.STALE_AFTER``). Training errors are
+    not retried by Celery: the run is marked failed with its error, and a person requeues it."""
+    claim = reward_runs.execute_run(run_id)
+    if claim is reward_runs.Claim.BUSY:
+        raise self.retry(countdown=int(reward_runs.STALE_AFTER.total_seconds() / 2))
+    return claim.value

@@ -121,6 +121,8 @@ SPECTACULAR_SETTINGS = {
     # The schema and its docs are public: they describe the API, never its data.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    # A reward model's kind has the same two values as a batch's focus: one enum, named for the focus.
+    "ENUM_NAME_OVERRIDES": {"FocusEnum": "annotation.models.Focus"},
 }
 
 LOGGING = {

@@ -1,0 +1,108 @@
+"""The command that trains a reward model on a cluster: ``train_reward_model --print-launch --nodes N ...``.
+
+The same entry point as a local run, ``python -m models_core.reward_trainer --config C --data F --base B --out O``,
+started on every GPU of every node by ``accelerate launch`` with DeepSpeed ZeRO (Llama 2 trained its reward
+models on Meta's cluster; ZeRO-2 shards optimizer state and gradients, ZeRO-3 the parameters too, for models
+that do not fit one GPU with their Adam state, 7B and up in bf16 on 80 GB cards):
+
+* ``config/accelerate/zero2.yaml`` / ``zero3.yaml`` name ``config/deepspeed/zero2.json`` / ``zero3.json``, whose
+  "auto" batch sizes, clipping and precision the trainer fills from its RewardConfig
+  (``models_core.deepspeed_config``), so the 512 pairs per optimizer step stay 512 on any number of GPUs;
+* the number of machines and processes, this machine's rank and the rendezvous come from the command line
+  (they override the YAML); ``$MASTER_ADDR`` and ``$NODE_RANK`` are left to the shell (a scheduler such as
+  SLURM sets them per node: ``MASTER_ADDR=$(scontrol show hostnames | head -n1) NODE_RANK=$SLURM_NODEID``).
+
+Limitation: ``models_core.reward_trainer`` runs torch DDP and does not hand the model to DeepSpeed yet, so under a
+ZeRO config every GPU still holds the whole model, gradients and AdamW state (the trainer warns, and the printed
+command says so); ``zero_stage=0`` prints the plain data-parallel launch without DeepSpeed.
+
+Run the printed command from the repository root on every node (the configs are named relative to it); data,
+base checkpoint and output folder are printed as absolute paths, so a shared filesystem sees the same files.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ZERO_STAGES = (0, 2, 3)
+ENTRY_POINT = "models_core.reward_trainer"
+
+
+def _positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
+def _shell_value(value: str | int) -> str:
+    """Quote a value for the shell, except a lone ``$VARIABLE``, which the shell on each node fills in."""
+    text = str(value)
+    if text.startswith("$") and text[1:].replace("_", "").isalnum():
+        return text
+    return shlex.quote(text)
+
+
+def _path(value: str | Path) -> str:
+    return shlex.quote(str(Path(value).expanduser().resolve()))
+
+
+def launch_argv(nodes: int, gpus_per_node: int, config_path: str | Path | None, data: str | Path,
+                base: str | Path, out: str | Path, *, zero_stage: int = 2, main_process_ip: str = "$MASTER_ADDR",
+                main_process_port: int = 29500, machine_rank: str | int = "$NODE_RANK") -> list[str]:
+    """The launch command as a list of shell words (already quoted), for ``print_launch_command``."""
+    _positive("nodes", nodes)
+    _positive("gpus_per_node", gpus_per_node)
+    _positive("main_process_port", main_process_port)
+    if zero_stage not in ZERO_STAGES:
+        raise ValueError(f"zero_stage must be 0 (plain data parallel), 2 or 3, not {zero_stage!r}")
+    words = ["accelerate", "launch"]
+    if zero_stage:
+        words += ["--config_file", f"config/accelerate/zero{zero_stage}.yaml"]
+    elif nodes * gpus_per_node > 1:
+        words += ["--multi_gpu"]
+    words += ["--num_machines", str(nodes), "--num_processes", str(nodes * gpus_per_node)]
+    if nodes > 1:
+        words += ["--machine_rank", _shell_value(machine_rank), "--main_process_ip", _shell_value(main_process_ip),
+                  "--main_process_port", str(main_process_port), "--rdzv_backend", "static", "--same_network"]
+    else:
+        words += ["--main_process_port", str(main_process_port)]
+    words += ["-m", ENTRY_POINT]
+    if config_path is not None:
+        words += ["--config", _path(config_path)]
+    words += ["--data", _path(data), "--base", _path(base), "--out", _path(out)]
+    return words
+
+
+def print_launch_command(nodes: int, gpus_per_node: int, config_path: str | Path | None, data: str | Path,
+                         base: str | Path, out: str | Path, *, zero_stage: int = 2,
+                         main_process_ip: str = "$MASTER_ADDR", main_process_port: int = 29500,
+                         machine_rank: str | int = "$NODE_RANK") -> str:
+    """The shell command (with a comment line saying where to run it) that trains on ``nodes`` x
+    ``gpus_per_node`` GPUs; returned, not printed. ``zero_stage`` 0 is plain data parallel (no DeepSpeed), 2 or 3
+    the shipped ZeRO config. ValueError on a count below 1 or another stage."""
+    words = launch_argv(nodes, gpus_per_node, config_path, data, base, out, zero_stage=zero_stage,
+                        main_process_ip=main_process_ip, main_process_port=main_process_port,
+                        machine_rank=machine_rank)
+    what = f"ZeRO-{zero_stage} (config/deepspeed/zero{zero_stage}.json)" if zero_stage else "plain data parallel"
+    where = (f"on each of the {nodes} nodes, with MASTER_ADDR (node 0's address) and NODE_RANK (0..{nodes - 1}) set"
+             if nodes > 1 else "on the machine")
+    processes = nodes * gpus_per_node
+    head = (f"# {processes} process{'es' if processes > 1 else ''}, {what}; run {where}, from the repository root"
+            f" ({shlex.quote(str(ROOT))} here):")
+    groups: list[list[str]] = [words[:2]]  # "accelerate launch", then one option and its value per line
+    for word in words[2:]:
+        if word.startswith("-"):
+            groups.append([word])
+        else:
+            groups[-1].append(word)
+    lines = [" ".join(group) + " \\" for group in groups]
+    lines = [lines[0]] + ["  " + line for line in lines[1:]]
+    lines[-1] = lines[-1][: -len(" \\")]
+    notes = []
+    if zero_stage:
+        notes.append("# note: models_core.reward_trainer trains with torch DDP and does not partition with ZeRO yet "
+                     "(every GPU holds the model, gradients and AdamW state); --zero 0 launches the same without "
+                     "DeepSpeed")
+    return "\n".join([head, *notes, *lines])
