@@ -33,7 +33,7 @@ from annotation.imports.fields import (
 )
 from annotation.imports.hh_rlhf import hh_rlhf_pair
 from annotation.imports.readers import binary_lines, json_type, jsonl_rows, shown
-from annotation.imports.writing import PREFERENCE_LOCK, ChunkWriter, one_at_a_time
+from annotation.imports.writing import PREFERENCE_LOCK, PREFERENCE_TABLES, ChunkWriter, analyze, one_at_a_time
 from annotation.models import (
     AnnotationBatch,
     Comparison,
@@ -116,6 +116,8 @@ def import_preferences(
                     writer.add(candidate.pair(source))
         for writer in writers.values():
             writer.flush()
+        if any(w.created for w in writers.values()):
+            analyze(PREFERENCE_TABLES)
     return ImportResult(
         created=sum(w.created for w in writers.values()),
         skipped=sum(w.skipped for w in writers.values()),

@@ -22,7 +22,7 @@ from annotation.imports.fields import (
     risk_category_of,
 )
 from annotation.imports.readers import binary_lines, csv_rows, json_type, jsonl_rows, parse_json
-from annotation.imports.writing import PROMPT_LOCK, ChunkWriter, one_at_a_time
+from annotation.imports.writing import PROMPT_LOCK, PROMPT_TABLES, ChunkWriter, analyze, one_at_a_time
 from annotation.models import (
     AnnotationBatch,
     Prompt,
@@ -56,6 +56,8 @@ def import_prompts(
                 raise ValidationError(f"line {row.line}: {exc}") from None
             writer.add(prompt)
         writer.flush()
+        if writer.created:
+            analyze(PROMPT_TABLES)
     return writer.result()
 
 

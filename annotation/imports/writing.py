@@ -25,6 +25,20 @@ def one_at_a_time(kind: int, key: int) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [kind, key])
 
 
+# What an import writes. A large import into tables the planner still believes empty (no ANALYZE since) makes the
+# next query over them, the export's held-out split, plan nested loops that take minutes; autovacuum would
+# analyze them only later.
+PREFERENCE_TABLES = ("annotation_dialogue", "annotation_turn", "annotation_response", "annotation_comparisontask",
+                     "annotation_comparison")
+PROMPT_TABLES = ("annotation_prompt",)
+
+
+def analyze(tables: tuple[str, ...]) -> None:
+    """Refresh the planner's statistics of ``tables`` (it counts this transaction's own new rows)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {', '.join(tables)}")  # fixed names above, never input
+
+
 class ChunkWriter:
     """Collects rows, and every ``CHUNK_SIZE`` rows writes those not already present."""
 
