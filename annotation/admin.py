@@ -42,6 +42,18 @@ class LadderAdmin(admin.ModelAdmin):
         css = {"all": ["annotation/admin.css"]}
 
 
+class ReadOnlyAdmin(LadderAdmin):
+    """Evidence, shown on pages without Add, Save or Delete: labels change only through the workspace."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
 @admin.register(AnnotationBatch)
 class AnnotationBatchAdmin(LadderAdmin):
     form = AnnotationBatchForm
@@ -130,7 +142,7 @@ def _shown_as(comparison) -> str:
 
 
 @admin.register(Comparison)
-class ComparisonAdmin(LadderAdmin):
+class ComparisonAdmin(ReadOnlyAdmin):
     """Labels are evidence: annotators change their own through the workspace (which keeps a revision and
     recomputes the safety category); the admin shows them, on a page without Save or Delete."""
 
@@ -158,30 +170,12 @@ class ComparisonAdmin(LadderAdmin):
     def seconds_on_task(self, obj: Comparison) -> str:
         return "—" if obj.time_on_task is None else f"{obj.time_on_task.total_seconds():.1f}"
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(ComparisonRevision)
-class ComparisonRevisionAdmin(LadderAdmin):
+class ComparisonRevisionAdmin(ReadOnlyAdmin):
     list_display = ["id", "comparison", "changed_by", "chosen", "strength", "safety_category", "changed_at"]
     list_filter = ["comparison__task__batch", "strength", "safety_category", "changed_by", "changed_at"]
     search_fields = ["note", "changed_by__username"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 # --- the checkpoint registry ---
