@@ -71,6 +71,18 @@ def register_checkpoint(
         return checkpoint
 
 
+def repoint_checkpoint(checkpoint_id: int, path: str, metrics: dict | None = None) -> PolicyCheckpoint:
+    """Point a registered checkpoint at rebuilt weights (validated first), keeping its registry entry, so the
+    responses already sampled from it keep naming it."""
+    checkpoint = PolicyCheckpoint.objects.get(pk=checkpoint_id)
+    summary = check_checkpoint_path(path, checkpoint.role)
+    with transaction.atomic():
+        checkpoint = PolicyCheckpoint.objects.select_for_update().get(pk=checkpoint_id)
+        checkpoint.path, checkpoint.metrics = path, {**summary, **(metrics or {})}
+        checkpoint.save(update_fields=["path", "metrics"])
+        return checkpoint
+
+
 def set_current(checkpoint_id: int) -> PolicyCheckpoint:
     """Make this checkpoint the current one of its role (the current policy samples new pairs)."""
     with transaction.atomic():

@@ -143,3 +143,14 @@ def tiny_reward_dir(tiny_policy_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-reward")
     save_reward_model(loaded.model, loaded.tokenizer, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from two threads, and on a loaded machine they wait for each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,7 +4,6 @@ calibration and its PNG, and batched scoring that returns rewards in input order
 import math
 
 import pytest
-import torch
 
 from models_core.reward_data import PreferencePair
 from models_core.reward_eval import (
@@ -18,13 +17,7 @@ from models_core.reward_eval import (
 from models_core.reward_model import load_reward_model, score
 from tests.reward_fixtures import build_reward_base, separable_pairs
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_wilson_interval_matches_published_values():

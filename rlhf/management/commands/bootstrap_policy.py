@@ -14,7 +14,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 from tqdm import tqdm
 
 from annotation import checkpoints
@@ -107,16 +106,13 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"Registered {checkpoint.name} as the current policy ({out})"))
 
     def _register(self, existing, name: str, out: Path, base_model: str, metrics: dict) -> PolicyCheckpoint:
-        with transaction.atomic():
-            if existing:
-                # Responses keep pointing at this registry entry; the rebuilt weights replace the old ones.
-                summary = checkpoints.check_checkpoint_path(str(out))
-                existing.path, existing.metrics = str(out), {**summary, **metrics}
-                existing.save(update_fields=["path", "metrics"])
-                return checkpoints.set_current(existing.pk)
-            return checkpoints.register_checkpoint(
-                name=name, path=str(out), base_model=base_model, metrics=metrics, make_current=True,
-            )
+        if existing:
+            # Responses keep pointing at this registry entry; the rebuilt weights replace the old ones.
+            checkpoints.repoint_checkpoint(existing.pk, str(out), metrics)
+            return checkpoints.set_current(existing.pk)
+        return checkpoints.register_checkpoint(
+            name=name, path=str(out), base_model=base_model, metrics=metrics, make_current=True,
+        )
 
     def _tiny(self, options) -> None:
         name = options["name"] or TINY_NAME
