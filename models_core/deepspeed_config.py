@@ -80,12 +80,19 @@ def resolve_precision(dtype: str) -> str:
     return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
 
 
-def deepspeed_config(stage: int, config: TrainingSizes, world_size: int, *,
-                     hidden_size: int | None = None) -> dict[str, Any]:
-    """The shipped ZeRO-``stage`` config with every "auto" filled from ``config`` and ``world_size``.
+def deepspeed_config(stage: int, config: TrainingSizes, world_size: int, *, hidden_size: int | None = None,
+                     source: str | Path | None = None) -> dict[str, Any]:
+    """The shipped ZeRO-``stage`` config with every "auto" filled from ``config`` and ``world_size``; ``source``
+    fills another DeepSpeed JSON instead (the one an accelerate YAML names), which must be for ``stage``.
 
     Raises ValueError when the sizes do not divide (see ``accumulation_steps``) or a value stays "auto"."""
-    resolved = copy.deepcopy(load_shipped(stage))
+    if source is None:
+        resolved = copy.deepcopy(load_shipped(stage))
+        name = f"config/deepspeed/zero{stage}.json"
+    else:
+        resolved, name = json.loads(Path(source).read_text()), str(source)
+        if resolved.get("zero_optimization", {}).get("stage") != stage:
+            raise ValueError(f"{name} is not a ZeRO-{stage} config (zero_optimization.stage)")
     precision = resolve_precision(config.dtype)
     fills: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
@@ -116,7 +123,7 @@ def deepspeed_config(stage: int, config: TrainingSizes, world_size: int, *,
                 del zero[key]  # DeepSpeed's default
     left = _auto_paths(resolved)
     if left:
-        raise ValueError(f"config/deepspeed/zero{stage}.json: no value for {', '.join(left)} (still \"auto\")")
+        raise ValueError(f"{name}: no value for {', '.join(left)} (still \"auto\")")
     return resolved
 
 

@@ -82,13 +82,15 @@ def load_reward_model(path: str | Path, *, device: str | torch.device = "auto",
                              new_head=any(name.startswith(("score.", "classifier.")) for name in missing))
 
 
-def save_reward_model(model: Any, tokenizer: Any, out_dir: str | Path) -> None:
-    """Model (safetensors) and tokenizer to ``out_dir``; it loads again with ``load_reward_model``."""
-    model = getattr(model, "module", model)  # a DDP wrapper
+def save_reward_model(model: Any, tokenizer: Any, out_dir: str | Path,
+                      state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Model (safetensors) and tokenizer to ``out_dir``; it loads again with ``load_reward_model``. ``state_dict``
+    replaces the module's own weights (gathered ones, where ZeRO-3 partitioned the module's)."""
+    model = getattr(model, "module", model)  # a DDP wrapper or a DeepSpeed engine
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.config.use_cache = True  # the saved config is for inference
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     model.config.use_cache = False
     tokenizer.save_pretrained(out)
 

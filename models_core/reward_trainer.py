@@ -48,6 +48,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from models_core import reward_zero
 from models_core.reward_config import PRESETS, RewardConfig
 from models_core.reward_data import PreferencePair, encode_response, load_pairs, manifest_hash, margin_for
 from models_core.reward_loss import ranking_loss, safety_aux_loss
@@ -79,6 +80,7 @@ class TrainResult:
     manifest_hash: str = ""
     metrics: dict | None = None  # evaluate(...) on eval_pairs, when given
     world_size: int = 1
+    zero_stage: int = 0  # 0: torch DDP (or one process); 2 or 3: DeepSpeed ZeRO
 
     def to_dict(self) -> dict[str, Any]:
         return {name: (str(value) if isinstance(value, Path) else value) for name, value in self.__dict__.items()}
@@ -103,6 +105,8 @@ class _Distributed:
     world_size: int = 1
     local_rank: int = 0
     started_here: bool = False
+    zero_stage: int = 0
+    zero_config_file: Path | None = None  # the DeepSpeed JSON accelerate launch names, when it does
 
     @property
     def main(self) -> bool:
@@ -225,16 +229,23 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
 
 
 def _save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
-                     progress_state: dict, dist_info: _Distributed, device: torch.device) -> None:
+                     progress_state: dict, dist_info: _Distributed, device: torch.device, engine=None) -> None:
+    """Written into a staging directory that is renamed once every rank has written its part. Under ZeRO the
+    DeepSpeed engine writes the model and each rank's optimizer partition there (all ranks call it)."""
     root = output_dir / CHECKPOINTS_DIR
     final = root / f"step-{step}"
     staging = root / f".step-{step}.partial"
     if dist_info.main:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        torch.save({"model": getattr(model, "module", model).state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), **progress_state}, staging / STATE_FILE)
+        if engine is None:
+            torch.save({"model": getattr(model, "module", model).state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), **progress_state}, staging / STATE_FILE)
     _barrier(dist_info)
+    if engine is not None:
+        progress = {k: progress_state[k] for k in ("step", "losses", "pairs_seen", "manifest_hash", "total_steps")}
+        run = {k: progress_state[k] for k in ("manifest_hash", "world_size", "config", "zero_stage")}
+        reward_zero.save_checkpoint(engine, staging, progress, run, dist_info.main)
     torch.save(_rng_state(device), staging / f"rng-{dist_info.rank}.pt")
     _barrier(dist_info)
     if dist_info.main:
@@ -254,20 +265,26 @@ def _barrier(dist_info: _Distributed) -> None:
 # --- distributed ---------------------------------------------------------------------------------------------
 
 
-def _setup_distributed(config: RewardConfig) -> _Distributed:
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
-        sys.stderr.write("warning: the launcher asks for DeepSpeed; this trainer runs torch DDP (no ZeRO "
-                         "partitioning): each GPU holds the full model, gradients and AdamW state\n")
+def _setup_distributed(config: RewardConfig, zero_stage: int | None) -> _Distributed:
+    stage, zero_file = reward_zero.resolve_zero_stage(zero_stage)
+    if stage:
+        reward_zero.import_deepspeed(stage)  # fail before any process group or model exists
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if world_size <= 1 and not stage:
         return _Distributed()
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     started = False
     if not dist.is_initialized():
         use_cuda = config.device != "cpu" and torch.cuda.is_available()
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        backend = "nccl" if use_cuda else "gloo"
+        if world_size <= 1:  # DeepSpeed needs a process group (and LOCAL_RANK) even for one process
+            os.environ.setdefault("LOCAL_RANK", "0")
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend=backend)
         started = True
-    return _Distributed(rank=rank, world_size=world_size, local_rank=local_rank, started_here=started)
+    return _Distributed(rank=rank, world_size=max(1, world_size), local_rank=local_rank, started_here=started,
+                        zero_stage=stage, zero_config_file=zero_file)
 
 
 def _device_for(config: RewardConfig, dist_info: _Distributed) -> torch.device:
@@ -325,15 +342,17 @@ def _labelled(example: _Example) -> int:
 def train_reward_model(base_path: str | Path, train_pairs: Sequence[PreferencePair], config: RewardConfig,
                        output_dir: str | Path, *, eval_pairs: Sequence[PreferencePair] | None = None,
                        progress: Callable[[dict], None] | None = None, resume: bool = True,
-                       stop_after_step: int | None = None) -> TrainResult:
+                       stop_after_step: int | None = None, zero_stage: int | None = None) -> TrainResult:
     """Train a reward model from the checkpoint at ``base_path`` on ``train_pairs`` and write it to
     ``output_dir/model``; see the module docstring. ``stop_after_step`` ends the call after that optimizer step
-    (with a checkpoint written), as a killed run would end; a later call with ``resume=True`` continues it."""
+    (with a checkpoint written), as a killed run would end; a later call with ``resume=True`` continues it.
+    ``zero_stage`` 2 or 3 trains under DeepSpeed ZeRO, 0 with torch DDP; None (the default) takes the stage
+    ``accelerate launch`` asks for (``ACCELERATE_USE_DEEPSPEED`` and its config), else 0."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     if not train_pairs:
         raise ValueError("No training pairs")
-    dist_info = _setup_distributed(config)
+    dist_info = _setup_distributed(config, zero_stage)
     try:
         return _train(base_path, list(train_pairs), config, output_dir, eval_pairs, progress, resume,
                       stop_after_step, dist_info, started)
@@ -347,8 +366,9 @@ def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, res
     device = _device_for(config, dist_info)
     explicit_low = config.dtype in ("bfloat16", "float16")
     param_dtype = config.dtype if explicit_low else "float32"  # AdamW keeps fp32 master weights by default
-    autocast = nullcontext()
-    if device.type == "cuda" and config.dtype == "auto" and torch.cuda.is_bf16_supported():
+    zero = dist_info.zero_stage
+    autocast = nullcontext()  # under ZeRO the engine holds bf16 weights itself (the config's bf16 section)
+    if not zero and device.type == "cuda" and config.dtype == "auto" and torch.cuda.is_bf16_supported():
         autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16)  # Llama 2 trained in bf16
 
     torch.manual_seed(config.seed)  # the new score head's initialisation
@@ -382,16 +402,30 @@ def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, res
     step, losses, pairs_seen, resumed_from = 0, [], 0, None
     existing = checkpoint_dirs(output_dir) if resume else []
     if existing:
-        state = torch.load(existing[-1] / STATE_FILE, map_location=device, weights_only=False)
+        run = reward_zero.read_run(existing[-1])
+        state = run if run is not None else torch.load(existing[-1] / STATE_FILE, map_location=device,
+                                                       weights_only=False)
+        written_stage = state.get("zero_stage", 0)
         if state["manifest_hash"] != data_hash:
             raise ValueError(f"{existing[-1]} was written for other training data (manifest "
                              f"{state['manifest_hash'][:12]}, now {data_hash[:12]}); use a new output directory")
+        if written_stage != zero:
+            raise ValueError(f"{existing[-1]} was written by a {_engine_name(written_stage)} run, this one is "
+                             f"{_engine_name(zero)}; it cannot be resumed (use a new output directory)")
         if state["world_size"] != world or state["config"] != _resume_relevant(config):
             raise ValueError(f"{existing[-1]} was written with another config or world size; it cannot be resumed "
                              f"exactly (use a new output directory or resume=False)")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    engine = None
+    if zero:  # the same model, AdamW and schedule, partitioned by DeepSpeed (models_core.reward_zero)
+        engine = reward_zero.initialize(model, optimizer, scheduler, zero, config, world, device,
+                                        source=dist_info.zero_config_file)
+    if existing:
+        if engine is not None:
+            state = reward_zero.load_checkpoint(engine, existing[-1])
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
         step, losses, pairs_seen = state["step"], list(state["losses"]), state["pairs_seen"]
         rng_file = existing[-1] / f"rng-{dist_info.rank}.pt"
         if rng_file.is_file():
@@ -402,7 +436,9 @@ def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, res
     _barrier(dist_info)
 
     train_model = model
-    if world > 1:
+    if engine is not None:
+        train_model = engine
+    elif world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     train_model.train()
@@ -413,24 +449,35 @@ def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, res
         step_examples = [[examples[i] for i in batch] for batch in step_batches]
         pairs_in_step = sum(len(b) for b in step_examples)
         labelled_in_step = sum(_labelled(e) for b in step_examples for e in b)
-        mine = step_examples[dist_info.rank::world]
-        optimizer.zero_grad(set_to_none=True)
+        mine = step_examples[dist_info.rank::world]  # as many micro-batches on every rank (schedule trimmed)
+        if engine is None:
+            optimizer.zero_grad(set_to_none=True)
         ranking_sum = aux_sum = 0.0
         for index, batch in enumerate(mine):
             last = index == len(mine) - 1
-            sync = nullcontext() if (world == 1 or last) else train_model.no_sync()
+            if engine is not None:
+                engine.set_gradient_accumulation_boundary(last)  # this step's end, not DeepSpeed's counter's
+            sync = nullcontext() if (world == 1 or last or engine is not None) else train_model.no_sync()
             with sync:
                 ranking, aux, _ = _micro_batch_loss(train_model, batch, pad_id, device, config, autocast)
                 objective = ranking / pairs_in_step
                 if config.safety_aux_weight > 0 and labelled_in_step:
                     objective = objective + config.safety_aux_weight * aux / labelled_in_step
-                (objective * world).backward()  # DDP averages gradients over processes; the sum is wanted
+                # DDP and ZeRO average gradients over processes; the sum is wanted. The objective is already
+                # divided by the step's pairs, so DeepSpeed must not divide by its accumulation steps again.
+                if engine is not None:
+                    engine.backward(objective * world, scale_wrt_gas=False)
+                else:
+                    (objective * world).backward()
             ranking_sum += ranking.item()
             aux_sum += aux.item()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
+        if engine is not None:
+            engine.step()  # clips to gradient_clipping (max_grad_norm), steps AdamW and the schedule
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
         step += 1
         ranking_sum = _all_reduce_sum(ranking_sum, dist_info, device)
         loss = ranking_sum / pairs_in_step
@@ -448,19 +495,24 @@ def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, res
             _save_checkpoint(output_dir, step, train_model, optimizer, scheduler, {
                 "step": step, "losses": losses, "pairs_seen": pairs_seen, "manifest_hash": data_hash,
                 "world_size": world, "config": _resume_relevant(config), "total_steps": total_steps,
-            }, dist_info, device)
+                "zero_stage": zero,
+            }, dist_info, device, engine=engine)
         if stopping:
             break
     loop_seconds = time.perf_counter() - loop_started
     finished = step >= total_steps
     metrics = None
+    gathered = reward_zero.full_state_dict(engine, zero, dist_info.main) if finished and engine else None
     if finished and dist_info.main:
-        save_reward_model(model, tokenizer, output_dir / MODEL_DIR)
+        save_reward_model(model, tokenizer, output_dir / MODEL_DIR, state_dict=gathered)
         (output_dir / "reward_config.json").write_text(json.dumps(config.to_dict(), indent=2))
         if eval_pairs:
             from models_core.reward_eval import evaluate, write_calibration_png
 
-            metrics = evaluate(loaded, list(eval_pairs), batch_size=config.micro_batch_size * 2,
+            scored = loaded
+            if zero == 3:  # the module holds only this rank's partition: score the saved model
+                scored = load_reward_model(output_dir / MODEL_DIR, device=device, dtype=param_dtype)
+            metrics = evaluate(scored, list(eval_pairs), batch_size=config.micro_batch_size * 2,
                                max_length=max_length)
             (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
             write_calibration_png(metrics, output_dir / "calibration.png")
@@ -470,11 +522,15 @@ def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, res
         first_loss=losses[0] if losses else float("nan"), last_loss=losses[-1] if losses else float("nan"),
         seconds=time.perf_counter() - started, total_steps=total_steps, skipped_pairs=skipped,
         resumed_from_step=resumed_from, pairs_per_second=pairs_this_call / loop_seconds if loop_seconds else 0.0,
-        finished=finished, manifest_hash=data_hash, metrics=metrics, world_size=world,
+        finished=finished, manifest_hash=data_hash, metrics=metrics, world_size=world, zero_stage=zero,
     )
     if finished and dist_info.main:
         (output_dir / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
+
+
+def _engine_name(zero_stage: int) -> str:
+    return f"DeepSpeed ZeRO-{zero_stage}" if zero_stage else "torch DDP"
 
 
 def _resume_relevant(config: RewardConfig) -> dict:
@@ -496,6 +552,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--preset", choices=PRESETS, default="paper", help="base config (default: paper)")
     parser.add_argument("--eval-data", help="held-out pairs (default: the data's split == 'test' rows)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    parser.add_argument("--zero-stage", type=int, choices=(0, 2, 3),
+                        help="DeepSpeed ZeRO stage (2: optimizer state and gradients sharded, 3: parameters too; "
+                             "0: torch DDP); default: what accelerate launch asks for, else 0")
     parser.add_argument("--stop-after-step", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -507,7 +566,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         held_out = load_pairs(args.eval_data) if args.eval_data else [p for p in pairs if p.split == "test"]
         if not train:
             raise ValueError(f"{args.data} has no rows with split 'train'")
-    except ValueError as exc:
+        stage, _ = reward_zero.resolve_zero_stage(args.zero_stage)
+        if stage:
+            reward_zero.import_deepspeed(stage)
+    except (ValueError, ImportError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -519,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result = train_reward_model(args.base, train, config, args.out, eval_pairs=held_out or None,
                                 progress=report if is_main else None, resume=not args.no_resume,
-                                stop_after_step=args.stop_after_step)
+                                stop_after_step=args.stop_after_step, zero_stage=args.zero_stage)
     if is_main:
         summary = result.to_dict()
         summary.pop("losses")
