@@ -24,7 +24,19 @@ Resume is exact here too, by construction: the data order is a pure function of 
 holds model, optimizer, scheduler, the step (= data position) and RNG (``tests/test_reward_trainer.py``: a stopped
 and a SIGKILLed run both resume to torch.equal weights). With ``WORLD_SIZE`` > 1 (torchrun, ``accelerate launch``)
 it is torch DDP (gloo on CPU, NCCL on GPUs): each rank takes every world_size-th micro-batch of a step, and two CPU
-processes give the single process's losses (to float rounding). DeepSpeed ZeRO is not applied by this loop.
+processes give the single process's losses (to float rounding).
+
+DeepSpeed ZeRO-2 (optimizer state and gradients sharded over the processes) or ZeRO-3 (the parameters too) runs
+the same loop when asked: ``zero_stage=2|3`` here, ``--zero-stage`` on the command line, or ``accelerate launch
+--config_file config/accelerate/zero{2,3}.yaml``, whose exported environment names the stage and the DeepSpeed
+JSON. The model, this AdamW and this cosine schedule go to ``deepspeed.initialize`` with the shipped config
+(``models_core.deepspeed_config`` fills its "auto" values), and ``models_core.reward_zero`` tells the engine the
+step's boundary and stops it rescaling the loss, so a step is the DDP path's step (the mean over exactly its
+pairs, clipping to 1.0 by DeepSpeed): two CPU processes under ZeRO-2 or ZeRO-3 give the single process's losses
+and weights, and a stopped ZeRO run resumes to the uninterrupted one's weights (``tests/test_reward_zero.py``).
+Checkpoints are the engine's (each rank writes its optimizer partition) in the same whole-or-nothing
+``checkpoints/step-N`` directories; the final model is a normal Hugging Face checkpoint, gathered first under
+ZeRO-3. A DDP checkpoint does not resume under ZeRO, nor the reverse.
 
 Everything is framework-free: paths, ``PreferencePair`` lists and a ``RewardConfig`` in, a ``TrainResult`` out.
 """

@@ -12,9 +12,12 @@ that do not fit one GPU with their Adam state, 7B and up in bf16 on 80 GB cards)
   (they override the YAML); ``$MASTER_ADDR`` and ``$NODE_RANK`` are left to the shell (a scheduler such as
   SLURM sets them per node: ``MASTER_ADDR=$(scontrol show hostnames | head -n1) NODE_RANK=$SLURM_NODEID``).
 
-Limitation: ``models_core.reward_trainer`` runs torch DDP and does not hand the model to DeepSpeed yet, so under a
-ZeRO config every GPU still holds the whole model, gradients and AdamW state (the trainer warns, and the printed
-command says so); ``zero_stage=0`` prints the plain data-parallel launch without DeepSpeed.
+``models_core.reward_trainer`` reads the stage and the JSON from the environment ``accelerate launch`` exports
+and hands its model, AdamW and cosine schedule to ``deepspeed.initialize`` (``models_core.reward_zero``): ZeRO-2
+shards the AdamW state and the gradients over the GPUs, ZeRO-3 the parameters too, with the same optimizer steps
+as plain data parallel. Every process loads the whole base model before ZeRO-3 partitions it (no ``zero.Init``),
+so the model itself must fit one GPU once (the printed ZeRO-3 command says so); ``zero_stage=0`` prints the plain
+data-parallel launch without DeepSpeed (torch DDP).
 
 Run the printed command from the repository root on every node (the configs are named relative to it); data,
 base checkpoint and output folder are printed as absolute paths, so a shared filesystem sees the same files.
@@ -101,8 +104,7 @@ def print_launch_command(nodes: int, gpus_per_node: int, config_path: str | Path
     lines = [lines[0]] + ["  " + line for line in lines[1:]]
     lines[-1] = lines[-1][: -len(" \\")]
     notes = []
-    if zero_stage:
-        notes.append("# note: models_core.reward_trainer trains with torch DDP and does not partition with ZeRO yet "
-                     "(every GPU holds the model, gradients and AdamW state); --zero 0 launches the same without "
-                     "DeepSpeed")
+    if zero_stage == 3:
+        notes.append("# note: each process loads the whole base model onto its GPU before ZeRO-3 partitions it, so "
+                     "the model must fit one GPU once")
     return "\n".join([head, *notes, *lines])
