@@ -119,6 +119,8 @@ class _Distributed:
     started_here: bool = False
     zero_stage: int = 0
     zero_config_file: Path | None = None  # the DeepSpeed JSON accelerate launch names, when it does
+    keep_group: bool = False  # DeepSpeed caches the process group for the process's life: never destroy it then
+    set_local_rank: bool = False  # LOCAL_RANK was set here for DeepSpeed (one process, no launcher); unset after
 
     @property
     def main(self) -> bool:
@@ -290,13 +292,15 @@ def _setup_distributed(config: RewardConfig, zero_stage: int | None) -> _Distrib
         use_cuda = config.device != "cpu" and torch.cuda.is_available()
         backend = "nccl" if use_cuda else "gloo"
         if world_size <= 1:  # DeepSpeed needs a process group (and LOCAL_RANK) even for one process
-            os.environ.setdefault("LOCAL_RANK", "0")
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
         else:
             dist.init_process_group(backend=backend)
         started = True
+    set_local_rank = bool(stage) and "LOCAL_RANK" not in os.environ
+    if set_local_rank:
+        os.environ["LOCAL_RANK"] = "0"  # DeepSpeed asserts a launcher set it; unset again when the call ends
     return _Distributed(rank=rank, world_size=max(1, world_size), local_rank=local_rank, started_here=started,
-                        zero_stage=stage, zero_config_file=zero_file)
+                        zero_stage=stage, zero_config_file=zero_file, set_local_rank=set_local_rank)
 
 
 def _device_for(config: RewardConfig, dist_info: _Distributed) -> torch.device:
@@ -369,8 +373,10 @@ def train_reward_model(base_path: str | Path, train_pairs: Sequence[PreferencePa
         return _train(base_path, list(train_pairs), config, output_dir, eval_pairs, progress, resume,
                       stop_after_step, dist_info, started)
     finally:
-        if dist_info.started_here and dist.is_initialized():
+        if dist_info.started_here and not dist_info.keep_group and dist.is_initialized():
             dist.destroy_process_group()
+        if dist_info.set_local_rank:
+            os.environ.pop("LOCAL_RANK", None)
 
 
 def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, resume, stop_after_step,
@@ -431,6 +437,7 @@ def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, res
     if zero:  # the same model, AdamW and schedule, partitioned by DeepSpeed (models_core.reward_zero)
         engine = reward_zero.initialize(model, optimizer, scheduler, zero, config, world, device,
                                         source=dist_info.zero_config_file)
+        dist_info.keep_group = True  # a second call in this process reuses it (DeepSpeed's groups point at it)
     if existing:
         if engine is not None:
             state = reward_zero.load_checkpoint(engine, existing[-1])
