@@ -36,8 +36,11 @@ for name, tensor in sorted(captured["model"].state_dict().items()):
     digest.update(name.encode())
     digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
 rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-print("RANK_RESULT " + json.dumps({"rank": rank, "world": world, "code": code, "sha256": digest.hexdigest()}),
-      flush=True)
+# one write: under PYTHONUNBUFFERED print() writes the text and its newline separately, and the two ranks' lines
+# could then interleave on the shared pipe (seen once: "Extra data" from two results on one line)
+sys.stdout.write("RANK_RESULT " + json.dumps({"rank": rank, "world": world, "code": code,
+                                              "sha256": digest.hexdigest()}) + "\n")
+sys.stdout.flush()
 sys.exit(code)
 '''
 
