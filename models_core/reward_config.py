@@ -15,6 +15,7 @@ from typing import Any
 MARGIN_CHOICES = ("small", "large", "none")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+POOLING_CHOICES = ("auto", "model", "mean")  # models_core.reward_pooling
 
 
 def _help(text: str) -> dict[str, str]:
@@ -54,6 +55,10 @@ class RewardConfig:
     safety_aux_weight: float = field(default=0.0, metadata=_help(
         "Weight of the auxiliary BCE(sigmoid(r), safe) on per-response safety labels; > 0 for a safety RM "
         "(Llama 2 App. A.3.4, Table 29: unsafe recall 73.0 -> 90.4)."))
+    pooling: str = field(default="auto", metadata=_help(
+        "How an encoder reads its tokens: 'auto' (the mean where the checkpoint declares sentence-transformers "
+        "mean pooling, else the architecture's head), 'model' or 'mean'; decoders read their last token "
+        "(not in the paper, whose reward models are decoders; see models_core.reward_pooling)."))
     seed: int = field(default=0, metadata=_help("Seed for the score head, data order and dropout."))
     group_by_length: bool = field(default=True, metadata=_help(
         "Micro-batches of similar length (dynamic padding); a speed setting, the recipe is unchanged."))
@@ -72,6 +77,8 @@ class RewardConfig:
             problems.append(f"margin must be one of {', '.join(MARGIN_CHOICES)}; got {self.margin!r}")
         if self.device not in DEVICE_CHOICES and not str(self.device).startswith("cuda:"):
             problems.append(f"device must be one of {', '.join(DEVICE_CHOICES)}; got {self.device!r}")
+        if self.pooling not in POOLING_CHOICES:
+            problems.append(f"pooling must be one of {', '.join(POOLING_CHOICES)}; got {self.pooling!r}")
         if self.dtype not in DTYPE_CHOICES:
             problems.append(f"dtype must be one of {', '.join(DTYPE_CHOICES)}; got {self.dtype!r}")
         for name in ("pairs_per_step", "micro_batch_size", "max_length", "save_every_steps"):

@@ -24,6 +24,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from models_core.loading import CheckpointError, pick_device, pick_dtype
 from models_core.reward_data import encode_response
+from models_core.reward_pooling import CONFIG_KEY as POOLING_CONFIG_KEY
+from models_core.reward_pooling import install_mean_pooling, resolve_pooling
 
 HEAD_PREFIXES = ("score.", "classifier.", "pooler.", "pre_classifier.")  # weights a new scalar head may add
 
@@ -37,6 +39,7 @@ class LoadedRewardModel:
     context_length: int
     path: str
     new_head: bool  # the scalar head was initialised here (the checkpoint was not a reward model yet)
+    pooling: str = "model"  # "mean" for an encoder reading the mean of its tokens (models_core.reward_pooling)
 
 
 def _context_length(config: Any) -> int:
@@ -49,8 +52,9 @@ def _context_length(config: Any) -> int:
 
 
 def load_reward_model(path: str | Path, *, device: str | torch.device = "auto",
-                      dtype: str | torch.dtype = "auto") -> LoadedRewardModel:
-    """The checkpoint at ``path`` as a reward model in eval mode; ``CheckpointError`` names what is wrong."""
+                      dtype: str | torch.dtype = "auto", pooling: str = "auto") -> LoadedRewardModel:
+    """The checkpoint at ``path`` as a reward model in eval mode; ``CheckpointError`` names what is wrong.
+    ``pooling`` is how an encoder reads its tokens (``models_core.reward_pooling``; decoders ignore it)."""
     path = Path(path).expanduser()
     if not (path / "config.json").is_file():
         raise CheckpointError(path, "no config.json (expected a Hugging Face checkpoint directory)")
@@ -72,14 +76,23 @@ def load_reward_model(path: str | Path, *, device: str | torch.device = "auto",
     except Exception as exc:
         raise CheckpointError(path, f"cannot be loaded as a reward model: {exc}") from exc
     missing = sorted(info.get("missing_keys") or [])
-    not_head = [name for name in missing if not name.startswith(HEAD_PREFIXES)]
+    mean_saved = getattr(config, POOLING_CONFIG_KEY, None) == "mean"  # saved without the [CLS] pooler it never used
+    not_head = [name for name in missing if not name.startswith(HEAD_PREFIXES)
+                and not (mean_saved and ".pooler." in f".{name}")]
     if not_head:
         raise CheckpointError(path, f"the weights do not match the config: missing {', '.join(not_head[:5])}")
+    try:
+        pooled = resolve_pooling(path, model, pooling)
+    except ValueError as exc:
+        raise CheckpointError(path, str(exc)) from exc
+    if pooled == "mean":
+        install_mean_pooling(model)
     model.to(target_device)
     model.eval()
     return LoadedRewardModel(model=model, tokenizer=tokenizer, device=target_device, dtype=target_dtype,
                              context_length=_context_length(model.config), path=str(path),
-                             new_head=any(name.startswith(("score.", "classifier.")) for name in missing))
+                             new_head=any(name.startswith(("score.", "classifier.")) for name in missing),
+                             pooling=pooled)
 
 
 def save_reward_model(model: Any, tokenizer: Any, out_dir: str | Path,

@@ -391,7 +391,7 @@ def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, res
 
     torch.manual_seed(config.seed)  # the new score head's initialisation
     random.seed(config.seed)
-    loaded = load_reward_model(base_path, device=device, dtype=param_dtype)
+    loaded = load_reward_model(base_path, device=device, dtype=param_dtype, pooling=config.pooling)
     model, tokenizer = loaded.model, loaded.tokenizer
     max_length = min(config.max_length, loaded.context_length)
     _disable_dropout(model)
