@@ -218,6 +218,8 @@ def _optional_keys(model: Any) -> list[str]:
     tied = getattr(model, "all_tied_weights_keys", None) or {}
     optional = [re.escape(name) for name in tied]
     optional.extend(getattr(model, "_keys_to_ignore_on_load_missing", None) or [])
+    if getattr(model.config, "ladder_reward_pooling", None) == "mean":  # models_core.reward_pooling.CONFIG_KEY
+        optional.append(r"(^|\.)pooler\.")  # a mean-pooled encoder reward model is saved without its [CLS] pooler
     return optional
 
 

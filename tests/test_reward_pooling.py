@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from models_core.loading import CheckpointError
+from models_core.loading import CheckpointError, validate_checkpoint
 from models_core.reward_config import RewardConfig
 from models_core.reward_model import load_reward_model, score, score_ids
 from models_core.reward_pooling import CONFIG_KEY, declared_pooling
@@ -89,6 +89,7 @@ def test_a_trained_mean_pooled_model_saves_reloads_and_refuses_the_cls_reading(m
     assert sum(result.losses[-4:]) < sum(result.losses[:4])  # 16 steps of 8 pairs
     saved = tmp_path / "run" / "model"
     assert json.loads((saved / "config.json").read_text())[CONFIG_KEY] == "mean"
+    assert validate_checkpoint(saved, reward=True).architecture == "BertForSequenceClassification"  # registrable
     reloaded = load_reward_model(saved, device="cpu")
     assert reloaded.pooling == "mean" and not reloaded.new_head
     dialogues, responses = [p.prompt for p in pairs[:4]], [p.chosen for p in pairs[:4]]
