@@ -73,6 +73,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--margins", default=",".join(MARGINS), help="margin settings to train (comma-separated)")
     parser.add_argument("--trl-epochs", type=float, default=3.0, help="epochs of the plain TRL run (TRL's default, 3)")
     parser.add_argument("--preset", default="cpu-encoder", help="the platform run's RewardConfig preset")
+    parser.add_argument("--pooling", choices=("auto", "model", "mean"), default=None,
+                        help="the platform run's RewardConfig.pooling (default: the preset's, auto: MiniLM's mean)")
     parser.add_argument("--epochs", type=float, default=None, help="the platform run's num_epochs (default: the "
                         "preset's)")
     parser.add_argument("--speed-pairs", type=int, default=192)
@@ -172,6 +174,8 @@ def platform_run(margin: str, rows: list[dict], indices: list[int], model: Path,
     overrides = {"margin": margin, "save_every_steps": 10_000}
     if args.epochs is not None:
         overrides["num_epochs"] = float(args.epochs)
+    if args.pooling is not None:
+        overrides["pooling"] = args.pooling
     config = RewardConfig.from_dict(overrides, base=RewardConfig.preset(args.preset))
     started = time.perf_counter()
     run = reward_runs.create_run(kind="safety", base_path=str(model), data_file=str(path), config=config,
