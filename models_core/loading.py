@@ -24,6 +24,8 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from models_core.reward_pooling import unused_pooler_weight
+
 SAFETENSORS_WEIGHTS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_WEIGHTS = "pytorch_model.bin"
@@ -218,8 +220,6 @@ def _optional_keys(model: Any) -> list[str]:
     tied = getattr(model, "all_tied_weights_keys", None) or {}
     optional = [re.escape(name) for name in tied]
     optional.extend(getattr(model, "_keys_to_ignore_on_load_missing", None) or [])
-    if getattr(model.config, "ladder_reward_pooling", None) == "mean":  # models_core.reward_pooling.CONFIG_KEY
-        optional.append(r"(^|\.)pooler\.")  # a mean-pooled encoder reward model is saved without its [CLS] pooler
     return optional
 
 
@@ -240,7 +240,7 @@ def _compare_weights(model: Any, stored: dict[str, tuple[int, ...]], path: Path)
     for name, shape in expected.items():
         found = stored_name(name)
         if found is None:
-            if not any(pattern.search(name) for pattern in optional):
+            if not any(pattern.search(name) for pattern in optional) and not unused_pooler_weight(model.config, name):
                 missing.append(name)
         elif stored[found] and stored[found] != shape:
             wrong_shape.append(f"{name} is {list(stored[found])}, config wants {list(shape)}")

@@ -24,8 +24,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from models_core.loading import CheckpointError, pick_device, pick_dtype
 from models_core.reward_data import encode_response
-from models_core.reward_pooling import CONFIG_KEY as POOLING_CONFIG_KEY
-from models_core.reward_pooling import install_mean_pooling, resolve_pooling
+from models_core.reward_pooling import install_mean_pooling, resolve_pooling, unused_pooler_weight
 
 HEAD_PREFIXES = ("score.", "classifier.", "pooler.", "pre_classifier.")  # weights a new scalar head may add
 
@@ -76,9 +75,8 @@ def load_reward_model(path: str | Path, *, device: str | torch.device = "auto",
     except Exception as exc:
         raise CheckpointError(path, f"cannot be loaded as a reward model: {exc}") from exc
     missing = sorted(info.get("missing_keys") or [])
-    mean_saved = getattr(config, POOLING_CONFIG_KEY, None) == "mean"  # saved without the [CLS] pooler it never used
     not_head = [name for name in missing if not name.startswith(HEAD_PREFIXES)
-                and not (mean_saved and ".pooler." in f".{name}")]
+                and not unused_pooler_weight(config, name)]
     if not_head:
         raise CheckpointError(path, f"the weights do not match the config: missing {', '.join(not_head[:5])}")
     try:

@@ -36,7 +36,7 @@ import torch
 from models_core.reward_config import POOLING_CHOICES
 
 __all__ = ["POOLING_CHOICES", "MeanPooler", "declared_pooling", "install_mean_pooling", "resolve_pooling",
-           "supports_mean"]
+           "supports_mean", "unused_pooler_weight"]
 CONFIG_KEY = "ladder_reward_pooling"
 SENTENCE_TRANSFORMERS_POOLING = "sentence_transformers.models.Pooling"
 
@@ -101,6 +101,12 @@ def resolve_pooling(path: str | Path, model: Any, requested: str) -> str:
         raise ValueError(f"pooling='mean' needs a BERT-style encoder (a pooler and a linear classifier); "
                          f"{type(model).__name__} reads its own positions")
     return "mean"
+
+
+def unused_pooler_weight(config: Any, name: str) -> bool:
+    """Whether ``name`` is a [CLS]-pooler weight that a mean-pooled reward model (``config`` records it) is saved
+    without: a checkpoint check must not count it as missing."""
+    return getattr(config, CONFIG_KEY, None) == "mean" and ".pooler." in f".{name}"
 
 
 def install_mean_pooling(model: Any) -> None:

@@ -10,6 +10,7 @@ from transformers import BertConfig, BertModel
 
 from models_core.loading import CheckpointError, validate_checkpoint
 from models_core.reward_config import RewardConfig
+from models_core.reward_data import encode_response
 from models_core.reward_model import load_reward_model, score, score_ids
 from models_core.reward_pooling import CONFIG_KEY, declared_pooling
 from models_core.reward_trainer import train_reward_model
@@ -92,8 +93,10 @@ def test_a_trained_mean_pooled_model_saves_reloads_and_refuses_the_cls_reading(m
     assert validate_checkpoint(saved, reward=True).architecture == "BertForSequenceClassification"  # registrable
     reloaded = load_reward_model(saved, device="cpu")
     assert reloaded.pooling == "mean" and not reloaded.new_head
-    dialogues, responses = [p.prompt for p in pairs[:4]], [p.chosen for p in pairs[:4]]
-    again = load_reward_model(saved, device="cpu")
-    assert score(reloaded, dialogues, responses) == pytest.approx(score(again, dialogues, responses), abs=1e-6)
+    # the reloaded model scores the mean of its tokens with the trained head, not [CLS] through a fresh pooler
+    ids = encode_response(reloaded.tokenizer, pairs[0].prompt, pairs[0].chosen, 64).ids
+    hidden = reloaded.model.bert(input_ids=torch.tensor([ids])).last_hidden_state[0]  # (T, H)
+    expected = reloaded.model.classifier(hidden.mean(dim=0)).item()
+    assert score(reloaded, [pairs[0].prompt], [pairs[0].chosen], max_length=64)[0] == pytest.approx(expected, abs=1e-5)
     with pytest.raises(CheckpointError, match="trained reading the mean"):
         load_reward_model(saved, device="cpu", pooling="model")
