@@ -82,11 +82,18 @@ class Command(BaseCommand):
     def _checkpoint_dir(self, name: str, options) -> Path:
         return Path(options["out"] or Path(settings.LADDER_CHECKPOINT_DIR) / name).resolve()
 
-    def _packaged(self, source: gguf_import.PackagedGGUF, options) -> None:
-        name = options["name"] or SMOLLM2_NAME
+    def _registered(self, name: str, options, again: str) -> tuple[PolicyCheckpoint | None, bool]:
+        """The checkpoint already registered as ``name``, and whether to stop there (it is, and no --force)."""
         existing = PolicyCheckpoint.objects.filter(name=name).first()
         if existing and not options["force"]:
-            self.stdout.write(f"{name} is already registered ({existing.path}); use --force to convert it again.")
+            self.stdout.write(f"{name} is already registered ({existing.path}); use --force to {again}.")
+            return existing, True
+        return existing, False
+
+    def _packaged(self, source: gguf_import.PackagedGGUF, options) -> None:
+        name = options["name"] or SMOLLM2_NAME
+        existing, done = self._registered(name, options, "convert it again")
+        if done:
             return
         out = self._checkpoint_dir(name, options)
         self.stdout.write(f"Converting {source.description} into {out} (once; about 20 s on 2 cores)")
@@ -116,9 +123,8 @@ class Command(BaseCommand):
 
     def _tiny(self, options) -> None:
         name = options["name"] or TINY_NAME
-        existing = PolicyCheckpoint.objects.filter(name=name).first()
-        if existing and not options["force"]:
-            self.stdout.write(f"{name} is already registered ({existing.path}); use --force to rebuild it.")
+        existing, done = self._registered(name, options, "rebuild it")
+        if done:
             return
         out = self._checkpoint_dir(name, options)
         texts = bundled_dialogues()
