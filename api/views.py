@@ -250,7 +250,7 @@ class RewardModelRunViewSet(viewsets.ReadOnlyModelViewSet):
         body = ScoreInputSerializer(data=request.data)
         if not body.is_valid():
             raise serializers.ValidationError(_flat_errors(body.errors))
-        run = get_object_or_404(RewardModelRun.objects.select_related("output_checkpoint"), pk=pk)
+        run = self.get_object()  # DRF's lookup: a pk that is not a number is a 404, not a 500
         checkpoint = run.output_checkpoint
         if run.status != RewardModelRun.Status.SUCCEEDED or checkpoint is None or not checkpoint.path:
             return error_response(409, "not_ready", f"Run {run.pk} has no registered reward model (status "

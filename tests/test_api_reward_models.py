@@ -97,3 +97,11 @@ def test_a_request_over_the_total_size_is_refused(scored_run):
     item = {"dialogue": [{"role": "user", "content": "x" * 31_000}] * 2, "response": "y"}
     response = _post(_scorer(), scored_run, {"items": [item] * 17})
     assert response.status_code == 400 and "1,000,000 characters" in response.json()["error"]["fields"]["items"][0]
+
+
+@pytest.mark.parametrize("pk", ["true", "999999"])
+def test_scoring_a_run_that_is_not_there_is_a_404(scored_run, pk):
+    client = APIClient()
+    client.force_authenticate(UserFactory(is_staff=True))
+    response = client.post(f"/api/v1/reward-models/{pk}/score/", {"items": [ITEM]}, format="json")
+    assert response.status_code == 404
