@@ -149,3 +149,33 @@ def kl_penalised_rewards(final_reward: torch.Tensor, logprobs: torch.Tensor, ref
     last = (lengths - 1).unsqueeze(-1)  # (B, 1)
     rewards = rewards.scatter_add(1, last, final_reward.to(rewards.dtype).unsqueeze(-1))  # (B, T)
     return rewards, kl
+
+
+class CombinedRewardScorer:
+    """Both reward models loaded once, scoring (dialogue, response) batches into ``CombinedScores``: the one path
+    rejection sampling, PPO and the rounds' win rates share. ``safety_path`` may equal ``helpful_path`` (one model
+    read twice, as a round with a single reward model does)."""
+
+    def __init__(self, helpful_path, safety_path, config: CombinedRewardConfig = CombinedRewardConfig(), *,
+                 device: str = "auto", max_length: int = 1024, batch_size: int = 16):
+        from models_core.reward_model import load_reward_model
+
+        self.config = config
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.helpful = load_reward_model(helpful_path, device=device)
+        self.safety = self.helpful if str(safety_path) == str(helpful_path) else load_reward_model(
+            safety_path, device=device)
+
+    def raw_scores(self, dialogues: Sequence[list[dict]], responses: Sequence[str]) -> tuple[list[float], list[float]]:
+        from models_core.reward_model import score
+
+        helpful = score(self.helpful, dialogues, responses, batch_size=self.batch_size, max_length=self.max_length)
+        safety = helpful if self.safety is self.helpful else score(
+            self.safety, dialogues, responses, batch_size=self.batch_size, max_length=self.max_length)
+        return helpful, safety
+
+    def __call__(self, dialogues: Sequence[list[dict]], responses: Sequence[str],
+                 is_safety: Sequence[bool]) -> CombinedScores:
+        helpful, safety = self.raw_scores(dialogues, responses)
+        return combine(helpful, safety, list(is_safety), self.config)

@@ -70,3 +70,17 @@ def test_paper_beta_by_model_size_and_bad_settings_are_refused():
         CombinedRewardConfig(kl_beta=-1)
     with pytest.raises(ValueError, match="final_reward"):
         kl_penalised_rewards(torch.zeros(3), torch.zeros(2, 2), torch.zeros(2, 2), torch.ones(2, 2), 0.1)
+
+
+def test_the_scorer_combines_the_two_models_scores(tiny_reward_dir):
+    from models_core.combined_reward import CombinedRewardScorer
+    from models_core.reward_model import load_reward_model, score
+
+    dialogues = [[{"role": "user", "content": "How do I bake bread?"}]] * 3
+    responses = ["Mix flour and water.", "I cannot help.", "Knead, rest, bake at 220 C."]
+    scorer = CombinedRewardScorer(tiny_reward_dir, tiny_reward_dir, device="cpu")
+    result = scorer(dialogues, responses, [False, True, False])
+    raw_scores = score(load_reward_model(tiny_reward_dir, device="cpu"), dialogues, responses)
+    expected = combine(raw_scores, raw_scores, [False, True, False])
+    assert result.reward.tolist() == pytest.approx(expected.reward.tolist())
+    assert result.used_safety[1].item() is True
