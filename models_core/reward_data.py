@@ -231,7 +231,7 @@ def _encoder_prompt_text(messages: list[dict]) -> str:
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content'].strip()}" for m in messages)
 
 
-def _prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+def prompt_ids_of(tokenizer: Any, messages: list[dict]) -> list[int]:
     if _is_encoder(tokenizer):
         return list(tokenizer(_encoder_prompt_text(messages), add_special_tokens=False)["input_ids"])
     from models_core.generation import encode_prompt
@@ -239,7 +239,7 @@ def _prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
     return encode_prompt(tokenizer, render_prompt(tokenizer, messages))
 
 
-def _response_ids(tokenizer: Any, response: str) -> list[int]:
+def response_ids_of(tokenizer: Any, response: str) -> list[int]:
     text = response.strip()
     if _is_encoder(tokenizer):
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -263,15 +263,15 @@ def _later_turns(messages: list[dict]) -> list[list[dict]]:
 def encode_response(tokenizer: Any, prompt: list[dict], response: str, max_length: int) -> EncodedResponse:
     """Token ids of (dialogue, response) within ``max_length``, cut only from the left of the dialogue."""
     encoder = _is_encoder(tokenizer)
-    response_ids = _response_ids(tokenizer, response)
+    response_ids = response_ids_of(tokenizer, response)
     specials = 3 if encoder else 0  # [CLS] prompt [SEP] response [SEP]
     budget = max_length - len(response_ids) - specials
-    prompt_ids = _prompt_ids(tokenizer, prompt)
+    prompt_ids = prompt_ids_of(tokenizer, prompt)
     truncated = False
     if len(prompt_ids) > budget:
         truncated = True
         for later in _later_turns(prompt):
-            prompt_ids = _prompt_ids(tokenizer, later)
+            prompt_ids = prompt_ids_of(tokenizer, later)
             if len(prompt_ids) <= budget:
                 break
     response_cut = False
