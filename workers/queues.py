@@ -20,6 +20,7 @@ ROUTES: dict[str, Queue] = {
     "workers.tasks.expire_leases": Queue.DEFAULT,
     "workers.tasks.refill_queues": Queue.DEFAULT,
     "workers.tasks.train_reward_model": Queue.TRAINING,
+    "workers.tasks.advance_round": Queue.TRAINING,
 }
 
 

@@ -6,7 +6,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from annotation import generation, services
-from rlhf import reward_runs
+from rlhf import reward_runs, rounds
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +47,12 @@ def train_reward_model(self, run_id: int) -> str:
     if claim is reward_runs.Claim.BUSY:
         raise self.retry(countdown=int(reward_runs.STALE_AFTER.total_seconds() / 2))
     return claim.value
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
+             max_retries=5)
+def advance_round(round_id: int) -> str:
+    """Run RLHF round ``round_id``'s current step and queue the next (``rlhf.rounds.advance``). Idempotent by
+    (round, step): a redelivered message finds the step's folder, stored samples and checkpoints and resumes.
+    Step errors are not retried by Celery: the round is marked failed at that step and an admin retries it."""
+    return rounds.advance(round_id)
