@@ -84,3 +84,14 @@ def test_the_scorer_combines_the_two_models_scores(tiny_reward_dir):
     expected = combine(raw_scores, raw_scores, [False, True, False])
     assert result.reward.tolist() == pytest.approx(expected.reward.tolist())
     assert result.used_safety[1].item() is True
+
+
+def test_win_rate_removes_ties_and_gives_an_interval():
+    from models_core.policy_eval import win_rate
+
+    result = win_rate([3, 2, 1, 5, 0, 4], [1, 2, 2, 1, 1, 4])  # wins 2 (3>1, 5>1), ties 2, losses 2
+    assert (result["wins"], result["losses"], result["ties"], result["n"]) == (2, 2, 2, 6)
+    assert result["win_rate"] == 0.5 and 0.0 <= result["low"] <= 0.5 <= result["high"] <= 1.0
+    assert win_rate([1.0], [1.0])["win_rate"] is None
+    with pytest.raises(ValueError, match="new scores"):
+        win_rate([1.0], [])
