@@ -1,6 +1,6 @@
 from django.urls import path
 
-from frontend import reward_views, views
+from frontend import reward_views, round_views, views
 
 app_name = "frontend"
 
@@ -23,6 +23,14 @@ urlpatterns = [
     path("labels/<int:comparison_id>/continue/", views.continue_dialogue, name="continue"),
     path("review/<int:batch_id>/", views.review, name="review"),
     path("tokens/", views.api_tokens, name="tokens"),
+    path("rounds/", round_views.round_list, name="rounds"),
+    path("rounds/new/", round_views.round_start, name="round_start"),
+    path("rounds/schedule/", round_views.round_schedule, name="round_schedule"),
+    path("rounds/win-rates.png", round_views.win_rate_plot, name="round_plot"),
+    path("rounds/<int:round_id>/", round_views.round_detail, name="round"),
+    path("rounds/<int:round_id>/progress/", round_views.round_progress, name="round_progress"),
+    path("rounds/<int:round_id>/samples/", round_views.round_samples, name="round_samples"),
+    path("rounds/<int:round_id>/<str:action>/", round_views.round_action, name="round_action"),
     path("reward-models/", reward_views.run_list, name="reward_models"),
     path("reward-models/new/", reward_views.run_start, name="reward_model_start"),
     path("reward-models/<int:run_id>/", reward_views.run_detail, name="reward_model"),

@@ -92,3 +92,57 @@ def compare_policies(new_path, old_path, prompts: Sequence[PolicyPrompt], scorer
                      for p, n, o in list(zip(prompts, new_texts, old_texts, strict=True))[:5]],
         "new_answers": new_texts,
     }
+
+
+def write_win_rate_png(points: Sequence[dict], path) -> None:
+    """Fig. 11's picture across rounds: each round's win rate judged by the safety RM (x) and the helpfulness RM
+    (y), against the previous version and against the first, with 95% intervals. ``points``: dicts with
+    ``label`` and ``vs_previous`` / ``vs_first`` as ``compare_policies`` returns them."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5.5, 4.5), dpi=100)
+    try:
+        axes.axhline(0.5, color="grey", lw=0.8, ls="--")
+        axes.axvline(0.5, color="grey", lw=0.8, ls="--")
+        drawn = False
+        for key, marker, colour, name in (("vs_previous", "o", "tab:blue", "vs previous version"),
+                                          ("vs_first", "s", "tab:orange", "vs first version")):
+            xs, ys, labels, xerr, yerr = [], [], [], [[], []], [[], []]
+            for point in points:
+                versus = point.get(key) or {}
+                safety, helpful = versus.get("safety") or {}, versus.get("helpfulness") or {}
+                if safety.get("win_rate") is None or helpful.get("win_rate") is None:
+                    continue
+                xs.append(safety["win_rate"])
+                ys.append(helpful["win_rate"])
+                labels.append(point["label"])
+                xerr[0].append(safety["win_rate"] - safety["low"])
+                xerr[1].append(safety["high"] - safety["win_rate"])
+                yerr[0].append(helpful["win_rate"] - helpful["low"])
+                yerr[1].append(helpful["high"] - helpful["win_rate"])
+            if xs:
+                drawn = True
+                axes.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt=marker + "-", color=colour, capsize=3, label=name,
+                              alpha=0.85)
+                for x, y, label in zip(xs, ys, labels, strict=True):
+                    axes.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if not drawn:
+            axes.text(0.5, 0.5, "no evaluated round yet", ha="center", va="center", transform=axes.transAxes)
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel("safety win rate (judged by the safety RM)")
+        axes.set_ylabel("helpfulness win rate (judged by the helpfulness RM)")
+        axes.set_title("Win rate of each version, ties removed (Llama 2 Fig. 11)", fontsize=10)
+        if drawn:
+            axes.legend(loc="lower left", fontsize=8)
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, format="png")
+    finally:
+        plt.close(figure)

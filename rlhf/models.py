@@ -126,7 +126,7 @@ class RLHFRound(models.Model):
     progress = models.JSONField(default=dict, blank=True, help_text="The running step's progress.")
     log = models.TextField(blank=True)
     error = models.TextField(blank=True)
-    failed_step = models.CharField(max_length=20, blank=True)
+    failed_step = models.CharField(max_length=20, choices=Step.choices, blank=True)
     cancel_requested = models.BooleanField(default=False)
     promoted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                     related_name="+")

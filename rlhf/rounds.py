@@ -593,3 +593,47 @@ def step_promotion(round_: RLHFRound, progress) -> str | None:
 STEPS: dict[str, Callable] = {Step.COLLECTING: step_collecting, Step.REWARD_MODELS: step_reward_models,
                               Step.REWARD_EVAL: step_reward_eval, Step.POLICY: step_policy,
                               Step.POLICY_EVAL: step_policy_eval, Step.PROMOTION: step_promotion}
+
+
+# --- weekly rounds (django-celery-beat) -------------------------------------------------------------------------
+
+SCHEDULED_TASK = "workers.tasks.start_scheduled_round"
+DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def schedule_weekly(*, method: str, preset: str = "paper", day_of_week: str | int = "monday",
+                    hour: str | int = 2, config: dict | None = None):
+    """A periodic task (django-celery-beat) that starts a round of ``method`` every week at ``day_of_week``
+    ``hour``:00 (server time zone); admins edit or disable it under Periodic tasks. Returns the PeriodicTask."""
+    from django_celery_beat.models import CrontabSchedule, PeriodicTask
+
+    if method not in RLHFRound.Method.values:
+        raise ValidationError({"method": f"method must be one of {', '.join(RLHFRound.Method.values)}."})
+    day = str(day_of_week).strip().lower()
+    if day.isdigit() and 0 <= int(day) <= 6:
+        day = DAYS[int(day)]
+    if day not in DAYS:
+        raise ValidationError({"day_of_week": f"day_of_week must be one of {', '.join(DAYS)}; got {day_of_week!r}."})
+    if not str(hour).strip().isdigit() or not 0 <= int(hour) <= 23:
+        raise ValidationError({"hour": f"hour must be 0-23; got {hour!r}."})
+    full_config = {"preset": preset, **(config or {})}
+    _round_config(full_config)  # a bad config fails now, not next week
+    with transaction.atomic():
+        crontab, _ = CrontabSchedule.objects.get_or_create(
+            minute="0", hour=str(int(hour)), day_of_week=str((DAYS.index(day) + 1) % 7), day_of_month="*",
+            month_of_year="*", timezone=settings.TIME_ZONE)
+        name = f"Weekly RLHF round ({RLHFRound.Method(method).label}, {preset}) on {day.capitalize()} at " \
+               f"{int(hour):02d}:00"
+        task, _ = PeriodicTask.objects.update_or_create(
+            name=name, defaults={"task": SCHEDULED_TASK, "crontab": crontab, "enabled": True,
+                                 "kwargs": json.dumps({"method": method, "config": full_config})})
+    return task
+
+
+def start_scheduled_round(method: str, config: dict) -> int | None:
+    """What the weekly schedule runs: a new round, started, unless one is still going (then nothing, logged)."""
+    active = RLHFRound.objects.filter(status__in=[Status.QUEUED, Status.RUNNING, Status.HELD]).first()
+    if active is not None:
+        logger.warning("Weekly round skipped: %s is still %s", active.name, active.status)
+        return None
+    return create_round(method=method, config=config, start=True).pk

@@ -56,3 +56,10 @@ def advance_round(round_id: int) -> str:
     (round, step): a redelivered message finds the step's folder, stored samples and checkpoints and resumes.
     Step errors are not retried by Celery: the round is marked failed at that step and an admin retries it."""
     return rounds.advance(round_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
+             max_retries=3)
+def start_scheduled_round(method: str, config: dict) -> int | None:
+    """The weekly schedule's task (django-celery-beat): start a round unless one is still going."""
+    return rounds.start_scheduled_round(method, config)

@@ -19,6 +19,9 @@ CELERY_TASK_ROUTES = celery_routes()
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=30)}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Beat reads its schedule from the database (django-celery-beat): the entries below are synced into it, and the
+# weekly RLHF rounds admins schedule (rlhf.rounds.schedule_weekly, or the admin's Periodic tasks) live there too.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "expire-annotation-leases": {"task": "workers.tasks.expire_leases", "schedule": 60.0},
     "refill-annotation-queues": {
