@@ -50,7 +50,7 @@ def round_list(request: HttpRequest) -> HttpResponse:
     all_rounds = list(RLHFRound.objects.select_related("start_policy", "new_policy")[:200])
     return render(request, "frontend/rounds.html", {
         "rounds": [round_reports.summary(r) for r in all_rounds], "methods": RLHFRound.Method.choices,
-        "presets": ROUND_PRESETS, "schedules": round_reports.schedules(),
+        "presets": ROUND_PRESETS, "schedules": round_reports.schedules(), "days": rounds.DAYS,
         "has_plot": any(r.metrics.get("policy_eval") for r in all_rounds),
     })
 

@@ -94,7 +94,9 @@ class RoundConfig:
             from models_core.ppo_config import PPOConfig
         except ImportError:  # PPO lands separately; a round that does not use it still runs
             return None
-        return PPOConfig.from_dict({"seed": self.seed, **self.ppo}, base=PPOConfig.preset(self.ppo_preset))
+        # beta of the KL penalty is one setting: the combined reward's (Llama 2 §3.2.3), unless ppo names its own
+        return PPOConfig.from_dict({"seed": self.seed, "kl_beta": self.combined_config().kl_beta,
+                                    "device": self.device, **self.ppo}, base=PPOConfig.preset(self.ppo_preset))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,7 +109,7 @@ class RoundConfig:
             return cls(reward_preset="cpu-small", reward={"max_length": 256, "num_epochs": 2.0},
                        max_prompts=16, heldout_prompts=16,
                        rejection_sampling={"samples_per_prompt": 4, "max_new_tokens": 24, "batch_size": 16},
-                       sft_preset="cpu-tiny", ppo_preset="cpu-tiny", eval_max_new_tokens=24, device="cpu")
+                       sft_preset="cpu-tiny", ppo_preset="cpu-small", eval_max_new_tokens=24, device="cpu")
         raise ValueError(f"Unknown round preset {name!r}; use one of {', '.join(ROUND_PRESETS)}")
 
     @classmethod

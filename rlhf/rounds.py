@@ -24,6 +24,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -484,6 +485,8 @@ def _rejection_sampling(round_: RLHFRound, config: RoundConfig, progress, folder
 
 
 def _ppo(round_: RLHFRound, config: RoundConfig, progress, folder: Path, start_path: str) -> Path:
+    """PPO against the combined reward, whitened per rollout batch (§3.2.3); the held-out prompts are scored
+    unwhitened (a whitened batch always averages 0) for early stopping, and the best iterate is kept."""
     from models_core.ppo_trainer import PPOPrompt, train_ppo
 
     train, heldout = _prompt_files(round_, config)
@@ -492,13 +495,24 @@ def _ppo(round_: RLHFRound, config: RoundConfig, progress, folder: Path, start_p
     def reward_fn(dialogues, responses, is_safety):
         return scorer(dialogues, responses, is_safety).reward.float()
 
+    def heldout_reward_fn(dialogues, responses, is_safety):
+        from models_core.combined_reward import combine
+
+        helpful, safety = scorer.raw_scores(dialogues, responses)
+        unwhitened = replace(scorer.config, whiten=False)
+        return combine(helpful, safety, list(is_safety), unwhitened).reward.float()
+
     result = train_ppo(start_path, [PPOPrompt(p.messages, p.is_safety) for p in train], reward_fn,
                        config.ppo_config(), folder / "ppo",
                        heldout_prompts=[PPOPrompt(p.messages, p.is_safety) for p in heldout],
-                       progress=lambda e: progress({"phase": "ppo", **e}))
-    summary = result.to_dict() if hasattr(result, "to_dict") else {"iterations": getattr(result, "iterations", None)}
+                       heldout_reward_fn=heldout_reward_fn, progress=lambda e: progress({"phase": "ppo", **e}))
+    summary = result.to_dict()
+    summary.pop("metrics", None)
+    last = result.metrics[-1] if result.metrics else {}
+    summary["last_iteration"] = last
+    summary["warnings"] = sorted({w for m in result.metrics for w in m.get("warnings", [])})
     _save_metrics(round_.pk, "ppo", summary)
-    return Path(result.policy_path)
+    return Path(result.best_policy_path or result.policy_path)
 
 
 def policy_name(round_: RLHFRound) -> str:

@@ -199,3 +199,42 @@ def test_cancelling_a_round_and_bad_input(checkpoint_dir, policy, comparisons):
     with pytest.raises(ValidationError, match="method must be one of"):
         rounds.create_round(method="magic")
     assert RLHFRound.objects.count() == 1
+
+
+TINY_PPO = {"max_iterations": 4, "prompts_per_iteration": 4, "mini_batch_size": 2, "micro_batch_size": 2,
+            "rollout_batch_size": 4, "max_new_tokens": 8, "save_every_iterations": 1, "eval_every": 2}
+
+
+def test_a_ppo_round_registers_the_best_iterate_and_logs_its_iterations(checkpoint_dir, policy, comparisons):
+    round_ = rounds.create_round(method=RLHFRound.Method.RS_THEN_PPO,
+                                 config=tiny_config(gate_min_win_rate=0.0, ppo=TINY_PPO), start=True)
+    round_ = rounds.run_inline(round_.pk)
+    assert round_.status == RLHFRound.Status.SUCCEEDED, round_.error
+    ppo = round_.metrics["ppo"]
+    assert ppo["iterations"] == 4 and ppo["last_iteration"]["iteration"] == 4
+    assert {"reward_mean", "kl_mean", "entropy", "clip_fraction", "response_length_mean"} <= set(ppo["last_iteration"])
+    assert round_.metrics["rejection_sampling"]["samples"] > 0  # PPO ran on top of the RS checkpoint (from V5)
+    assert Path(round_.new_policy.path).is_dir() and round_.new_policy.parent == policy
+
+
+def test_a_worker_killed_during_ppo_resumes_from_its_checkpoint(checkpoint_dir, policy, comparisons):
+    config = tiny_config(gate_min_win_rate=0.0, ppo={**TINY_PPO, "max_iterations": 6, "max_new_tokens": 16})
+    round_ = rounds.create_round(method=RLHFRound.Method.PPO, config=config, start=True)
+    rounds.run_inline_until(round_.pk, RLHFRound.Step.POLICY)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test",
+           "LADDER_CHECKPOINT_DIR": str(checkpoint_dir), "DATABASE_URL": database_url_for_tests()}
+    code = ("import django; django.setup(); from rlhf import rounds; rounds._INLINE.active = True; "
+            f"rounds.advance({round_.pk})")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=settings.BASE_DIR, env=env)
+    checkpoints = rounds.round_dir(round_) / "policy" / "ppo" / "checkpoints"
+    deadline = time.monotonic() + 180
+    while not any(checkpoints.glob("iter-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert any(checkpoints.glob("iter-*")), "PPO wrote no checkpoint before the kill"
+    RLHFRound.objects.filter(pk=round_.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=11))
+    round_ = rounds.run_inline(round_.pk, resume_running=True)
+    # it ran to the gate (which holds a policy whose answers tie with the old one's: no win rate to pass)
+    assert round_.status in (RLHFRound.Status.SUCCEEDED, RLHFRound.Status.HELD), round_.error
+    assert round_.metrics["ppo"]["resumed_from_iteration"] >= 1 and round_.metrics["ppo"]["iterations"] == 6
