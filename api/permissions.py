@@ -40,3 +40,10 @@ class CanScore(BasePermission):
     def has_permission(self, request, view):
         user = request.user
         return user.is_authenticated and (user.is_staff or user.has_perm("rlhf.can_score"))
+
+
+class IsStaff(BasePermission):
+    message = "Only staff start, cancel, retry or promote RLHF rounds."
+
+    def has_permission(self, request, view):
+        return bool(request.user.is_authenticated and request.user.is_staff)

@@ -12,7 +12,7 @@ from annotation.models import (
     Response,
     Turn,
 )
-from rlhf.models import RewardModelRun
+from rlhf.models import RewardModelRun, RLHFRound
 from rlhf.reward_reports import source_table, strength_table
 
 # The letters an annotator sees and sends: A is always the left response, B the right (not the stored slot).
@@ -250,3 +250,38 @@ class ScoreInputSerializer(serializers.Serializer):
 class ScoreResultSerializer(serializers.Serializer):
     model = serializers.CharField(help_text="The registered checkpoint that scored.")
     scores = serializers.ListField(child=serializers.FloatField(), help_text="Raw rewards, in the order given.")
+
+
+class RLHFRoundSerializer(serializers.ModelSerializer):
+    """An RLHF round: method, step and status, each step's state, its settings, progress and metrics (the reward
+    models' accuracies, rejection-sampling and PPO figures, the win rates with intervals and the gate)."""
+
+    name = serializers.CharField(read_only=True)
+    steps = serializers.SerializerMethodField()
+    start_policy = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    new_policy = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    helpfulness_rm = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    safety_rm = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = RLHFRound
+        fields = ["id", "name", "number", "method", "status", "step", "failed_step", "steps", "config",
+                  "start_policy", "new_policy", "helpfulness_rm", "safety_rm", "helpfulness_run", "safety_run",
+                  "progress", "metrics", "error", "promotion_reason", "created_at", "started_at", "finished_at"]
+
+    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    def get_steps(self, round_) -> list:
+        from rlhf.round_reports import steps
+
+        return steps(round_)
+
+
+class RLHFRoundCreateSerializer(serializers.Serializer):
+    method = serializers.ChoiceField(choices=RLHFRound.Method.choices, default=RLHFRound.Method.REJECTION_SAMPLING)
+    config = serializers.DictField(required=False, default=dict,
+                                   help_text='RoundConfig fields; {"preset": "cpu-tiny"} names a preset.')
+    start = serializers.BooleanField(default=True)
+
+
+class PromoteSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000, help_text="Why the policy is promoted past the gate.")

@@ -13,6 +13,7 @@ router.register("responses", views.ResponseViewSet, basename="response")
 router.register("comparisons", views.ComparisonViewSet, basename="comparison")
 router.register("checkpoints", views.CheckpointViewSet, basename="checkpoint")
 router.register("reward-models", views.RewardModelRunViewSet, basename="reward-model")
+router.register("rounds", views.RLHFRoundViewSet, basename="round")
 
 v1 = [
     path("health/", views.health, name="api-health"),

@@ -25,7 +25,7 @@ from annotation.models import AnnotationBatch, Comparison, Dialogue, Focus, Poli
 from annotation.models import Response as ModelResponse
 from api import filters
 from api.errors import error_response
-from api.permissions import CanExport, CanImport, CanScore, IsReviewerOrStaff
+from api.permissions import CanExport, CanImport, CanScore, IsReviewerOrStaff, IsStaff
 from api.serializers import (
     BatchSerializer,
     CheckpointSerializer,
@@ -34,16 +34,19 @@ from api.serializers import (
     DialogueSerializer,
     ImportResultSerializer,
     PreferenceImportResultSerializer,
+    PromoteSerializer,
     PromptInputSerializer,
     PromptSerializer,
     ResponseSerializer,
     RewardModelRunSerializer,
+    RLHFRoundCreateSerializer,
+    RLHFRoundSerializer,
     ScoreInputSerializer,
     ScoreResultSerializer,
     TaskSerializer,
 )
-from rlhf import exports, reward_scoring
-from rlhf.models import RewardModelRun
+from rlhf import exports, reward_scoring, rounds
+from rlhf.models import RewardModelRun, RLHFRound
 
 ERROR = inline_serializer("Error", {"error": inline_serializer("ErrorBody", {
     "status": serializers.IntegerField(), "code": serializers.CharField(), "detail": serializers.CharField(),
@@ -259,6 +262,70 @@ class RewardModelRunViewSet(viewsets.ReadOnlyModelViewSet):
         scores = reward_scoring.score_items(checkpoint.path, [[dict(m) for m in i["dialogue"]] for i in items],
                                             [i["response"] for i in items])
         return Response(ScoreResultSerializer({"model": checkpoint.name, "scores": scores}).data)
+
+
+class RLHFRoundViewSet(viewsets.ReadOnlyModelViewSet):
+    """RLHF rounds (Llama 2 §3.2.3) as on the rounds pages: reviewers and staff read them; staff create, start,
+    cancel, retry and promote (through ``rlhf.rounds``, as the page and the admin do)."""
+
+    serializer_class = RLHFRoundSerializer
+    permission_classes = [IsReviewerOrStaff]
+    filterset_class = None
+    queryset = RLHFRound.objects.select_related("start_policy", "new_policy", "helpfulness_rm", "safety_rm")
+
+    def _done(self, round_id: int) -> Response:
+        return Response(RLHFRoundSerializer(RLHFRound.objects.get(pk=round_id)).data)
+
+    @extend_schema(request=RLHFRoundCreateSerializer, responses={201: RLHFRoundSerializer, 400: ERROR, 403: ERROR})
+    def create(self, request: Request) -> Response:
+        """Create a round (numbered after the last one) and, unless ``start`` is false, queue it."""
+        if not IsStaff().has_permission(request, self):
+            return error_response(403, "permission_denied", IsStaff.message)
+        body = RLHFRoundCreateSerializer(data=request.data)
+        if not body.is_valid():
+            raise serializers.ValidationError(_flat_errors(body.errors))
+        try:
+            round_ = rounds.create_round(method=body.validated_data["method"], config=body.validated_data["config"],
+                                         created_by=request.user, start=body.validated_data["start"])
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages) from exc
+        return Response(RLHFRoundSerializer(round_).data, status=status.HTTP_201_CREATED)
+
+    def _act(self, request: Request, action_name: str, call) -> Response:
+        round_ = self.get_object()
+        try:
+            changed = call(round_)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages) from exc
+        if not changed:
+            return error_response(409, "conflict", f"{round_.name} is {round_.status}: it cannot be {action_name}.")
+        return self._done(round_.pk)
+
+    @extend_schema(request=None, responses={200: RLHFRoundSerializer, 403: ERROR, 404: ERROR, 409: ERROR})
+    @action(detail=True, methods=["post"], permission_classes=[IsStaff])
+    def start(self, request: Request, pk=None) -> Response:
+        return self._act(request, "started", lambda r: rounds.start_round(r.pk))
+
+    @extend_schema(request=None, responses={200: RLHFRoundSerializer, 403: ERROR, 404: ERROR, 409: ERROR})
+    @action(detail=True, methods=["post"], permission_classes=[IsStaff])
+    def cancel(self, request: Request, pk=None) -> Response:
+        return self._act(request, "cancelled", lambda r: rounds.cancel_round(r.pk))
+
+    @extend_schema(request=None, responses={200: RLHFRoundSerializer, 403: ERROR, 404: ERROR, 409: ERROR})
+    @action(detail=True, methods=["post"], permission_classes=[IsStaff])
+    def retry(self, request: Request, pk=None) -> Response:
+        return self._act(request, "retried", lambda r: rounds.retry_round(r.pk))
+
+    @extend_schema(request=PromoteSerializer, responses={200: RLHFRoundSerializer, 400: ERROR, 403: ERROR,
+                                                         404: ERROR})
+    @action(detail=True, methods=["post"], permission_classes=[IsStaff])
+    def promote(self, request: Request, pk=None) -> Response:
+        """Promote a policy the gate held; the reason is recorded."""
+        body = PromoteSerializer(data=request.data)
+        if not body.is_valid():
+            raise serializers.ValidationError(_flat_errors(body.errors))
+        return self._act(request, "promoted",
+                         lambda r: rounds.promote_by_hand(r.pk, request.user, body.validated_data["reason"]))
 
 
 def _flat_errors(errors, prefix: str = "") -> dict[str, list[str]]:

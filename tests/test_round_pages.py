@@ -128,3 +128,32 @@ def test_the_admin_lists_rounds_and_adds_one_through_the_service(tiny_policy_dir
     assert admin.get(reverse("admin:rlhf_rlhfround_change", args=[round_.pk])).status_code == 200
     admin.post(reverse("admin:rlhf_rlhfround_add"), {"method": "rejection_sampling", "preset": "cpu-tiny"})
     assert RLHFRound.objects.filter(number=2, status=RLHFRound.Status.DRAFT).exists()
+
+
+def test_the_api_reads_rounds_for_reviewers_and_acts_for_staff_only(tiny_policy_dir):
+    from rest_framework.test import APIClient
+
+    round_ = a_held_round(tiny_policy_dir)
+    reviewer, staff = UserFactory(), UserFactory(is_staff=True)
+    BatchFactory().reviewers.add(reviewer)
+    api = APIClient()
+    assert api.get("/api/v1/rounds/").status_code in (401, 403)
+    api.force_authenticate(UserFactory())
+    assert api.get("/api/v1/rounds/").status_code == 403
+    api.force_authenticate(reviewer)
+    body = api.get(f"/api/v1/rounds/{round_.pk}/").json()
+    assert body["name"] == "RLHF-V1" and body["status"] == "held" and body["new_policy"] == "rlhf-v1"
+    assert [s["state"] for s in body["steps"]][-1] == "held"
+    assert api.post(f"/api/v1/rounds/{round_.pk}/promote/", {"reason": "x"}, format="json").status_code == 403
+    assert api.post("/api/v1/rounds/", {"method": "ppo"}, format="json").status_code == 403
+    api.force_authenticate(staff)
+    assert api.post(f"/api/v1/rounds/{round_.pk}/retry/").status_code == 409
+    bad = api.post("/api/v1/rounds/", {"method": "rejection_sampling", "config": {"bogus": 1}}, format="json")
+    assert bad.status_code == 400 and "bogus" in str(bad.json())
+    assert api.post(f"/api/v1/rounds/{round_.pk}/promote/", {}, format="json").status_code == 400
+    promoted = api.post(f"/api/v1/rounds/{round_.pk}/promote/", {"reason": "reads better"}, format="json")
+    assert promoted.status_code == 200 and promoted.json()["status"] == "succeeded"
+    created = api.post("/api/v1/rounds/", {"method": "rejection_sampling", "config": {"preset": "cpu-tiny"},
+                                           "start": False}, format="json")
+    assert created.status_code == 201 and created.json()["name"] == "RLHF-V2" and created.json()["status"] == "draft"
+    assert api.get("/api/v1/rounds/abc/").status_code == 404

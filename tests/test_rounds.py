@@ -238,3 +238,26 @@ def test_a_worker_killed_during_ppo_resumes_from_its_checkpoint(checkpoint_dir, 
     # it ran to the gate (which holds a policy whose answers tie with the old one's: no win rate to pass)
     assert round_.status in (RLHFRound.Status.SUCCEEDED, RLHFRound.Status.HELD), round_.error
     assert round_.metrics["ppo"]["resumed_from_iteration"] >= 1 and round_.metrics["ppo"]["iterations"] == 6
+
+
+def test_the_command_runs_a_round_inline_and_reports_it(checkpoint_dir, policy, comparisons, tmp_path):
+    import json
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    config = tmp_path / "round.json"
+    config.write_text(json.dumps(tiny_config(gate_min_win_rate=0.0)))
+    out = StringIO()
+    call_command("rlhf_round", "start", "--config", str(config), "--inline", stdout=out)
+    text = out.getvalue()
+    assert "RLHF-V1: Succeeded" in text and "win rate vs sft-tiny: helpfulness" in text and "gate: passed" in text
+    out = StringIO()
+    call_command("rlhf_round", "status", stdout=out)
+    assert "RLHF-V1" in out.getvalue() and "rlhf-v1" in out.getvalue()
+    config.write_text(json.dumps({"max_prompts": 0}))
+    with pytest.raises(CommandError, match="max_prompts must be a positive integer"):
+        call_command("rlhf_round", "start", "--config", str(config))
+    with pytest.raises(CommandError, match="No round RLHF-V9"):
+        call_command("rlhf_round", "retry", "9")
+    assert RLHFRound.objects.count() == 1

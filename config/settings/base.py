@@ -123,7 +123,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
     # A reward model's kind has the same two values as a batch's focus: one enum, named for the focus.
-    "ENUM_NAME_OVERRIDES": {"FocusEnum": "annotation.models.Focus"},
+    "ENUM_NAME_OVERRIDES": {"FocusEnum": "annotation.models.Focus", "RoundStepEnum": "rlhf.models.RLHFRound.Step"},
 }
 
 LOGGING = {
