@@ -575,6 +575,22 @@ def step_policy_eval(round_: RLHFRound, progress) -> None:
     else:
         report["vs_first"], report["first"] = report["vs_previous"], first.name
     _save_metrics(round_.pk, Step.POLICY_EVAL, report)
+    write_win_rate_plot()
+
+
+def win_rate_plot_path() -> Path:
+    return round_dir(1).parent / "win-rates.png"
+
+
+def write_win_rate_plot() -> Path:
+    """Fig. 11's picture of every evaluated round, as a PNG beside the rounds' folders (the rounds page draws the
+    same from the database)."""
+    from models_core.policy_eval import write_win_rate_png
+    from rlhf.round_reports import plot_points
+
+    path = win_rate_plot_path()
+    write_win_rate_png(plot_points(), path)
+    return path
 
 
 def gate(round_: RLHFRound) -> dict:

@@ -99,6 +99,7 @@ def test_a_round_from_comparisons_to_a_promoted_policy_through_the_training_work
     assert helpful["wins"] + helpful["losses"] + helpful["ties"] == versus["prompts"]
     assert round_.metrics["promotion"]["passed"] is True
     assert "step promotion: done" in round_.log
+    assert rounds.win_rate_plot_path().read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # RLHF-V2 starts from V1 and pools V1's kept samples into its fine-tuning data
     second = rounds.run_inline(rounds.create_round(config=tiny_config(gate_min_win_rate=0.0), start=True).pk)
@@ -261,3 +262,14 @@ def test_the_command_runs_a_round_inline_and_reports_it(checkpoint_dir, policy, 
     with pytest.raises(CommandError, match="No round RLHF-V9"):
         call_command("rlhf_round", "retry", "9")
     assert RLHFRound.objects.count() == 1
+
+
+def test_cancelling_a_running_round_stops_it_at_its_next_progress_report(checkpoint_dir, policy):
+    round_ = rounds.create_round(config=tiny_config())
+    RLHFRound.objects.filter(pk=round_.pk).update(status=RLHFRound.Status.RUNNING, step=RLHFRound.Step.POLICY)
+    assert rounds.cancel_round(round_.pk) is True
+    round_.refresh_from_db()
+    assert round_.status == RLHFRound.Status.RUNNING and round_.cancel_requested  # the step is still running
+    with pytest.raises(rounds.RoundCancelled):
+        rounds._Progress(round_.pk, "policy")({"phase": "sampling", "done": 1, "total": 4, "force": True})
+    assert rounds.advance(round_.pk) == "not claimed"  # a cancelled round is not taken up again
