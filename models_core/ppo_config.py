@@ -93,6 +93,10 @@ class PPOConfig:
     save_every_iterations: int = field(default=10, metadata=_help(
         "Write a resumable checkpoint (policy, critic, both optimizers and schedulers, data position, RNG, "
         "metrics) every N iterations."))
+    gradient_checkpointing: bool = field(default=False, metadata=_help(
+        "Recompute each layer's activations in the backward pass of the policy and the critic instead of keeping "
+        "them (a memory setting, not part of the recipe: about a third more compute in the update). Generation "
+        "keeps its KV cache: it runs in eval mode, where transformers does not checkpoint."))
     seed: int = field(default=0, metadata=_help(
         "Seed for the prompt order, the rollouts' sampling, the critic's head and the mini-batch order."))
     device: str = field(default="auto", metadata=_help("'auto' (GPU if there is one), 'cpu' or 'cuda'."))

@@ -38,9 +38,10 @@ Checkpoints (``checkpoints/iter-N``) hold both models, both optimizers and sched
 position), RNG states and the metrics so far; a run stopped after any iteration resumes to the uninterrupted
 run's weights and optimizer state (``tests/test_ppo_trainer.py``).
 
-Not here yet: several processes (DDP / ZeRO) and gradient checkpointing; one process holds the policy, pi_0 and
-the critic (about 34 bytes a parameter with float32 AdamW for policy and critic), so one 80 GB GPU holds a policy of
-roughly 2B parameters.
+Not here yet: several processes (DDP / ZeRO); one process holds the policy, pi_0 and the critic (about 34 bytes a
+parameter with float32 AdamW for policy and critic), so one 80 GB GPU holds a policy of roughly 2B parameters
+(``gradient_checkpointing`` saves activations, not these). In bfloat16, AdamW states included, it is 8 bytes a
+parameter for each trained model: about 125 GiB for 7B, which ``bench/gpu_ppo.sh`` runs on one 141 GB H200.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ import json
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,9 @@ def _load_models(policy_path: Path, config: PPOConfig, device: torch.device) -> 
     for model in (loaded.model, reference, critic):
         _disable_dropout(model)
         model.eval()  # no dropout, no batch statistics: eval mode trains the same and is deterministic
+    if config.gradient_checkpointing:
+        for model in (loaded.model, critic):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     eos_ids = _eos_ids(loaded)
     pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else eos_ids[0]
     return _Models(policy=loaded.model, reference=reference, critic=critic, tokenizer=loaded.tokenizer,
@@ -282,6 +286,23 @@ def _experience(models: _Models, rollouts: Rollouts, final_reward: torch.Tensor,
         advantages = masked_whiten(advantages, mask)  # (B, T)
     return {"mask": mask, "logprobs": old_logprobs, "values": old_values, "advantages": advantages,
             "returns": returns, "kl": kl}
+
+
+@contextmanager
+def _checkpointing(models: _Models, config: PPOConfig) -> Iterator[None]:
+    """Train mode for the policy and the critic while they are updated, when gradient checkpointing is on:
+    transformers checkpoints layers only in train mode. Dropout is off, so train mode computes the same function;
+    generation and scoring stay in eval mode, where the KV cache that checkpointing switches off is kept."""
+    if not config.gradient_checkpointing:
+        yield
+        return
+    models.policy.train()
+    models.critic.train()
+    try:
+        yield
+    finally:
+        models.policy.eval()
+        models.critic.eval()
 
 
 def _update(models: _Models, optimization: _Optimization, rollouts: Rollouts, experience: dict[str, torch.Tensor],
@@ -386,7 +407,8 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
 def _resume_relevant(config: PPOConfig) -> dict:
     """The config fields a resumed run must share with the stopped one: all but bookkeeping, the device, the
     iteration budget (a run may be extended) and the warning thresholds."""
-    ignored = ("save_every_iterations", "device", "max_iterations", "kl_warning_threshold", "length_warning_factor")
+    ignored = ("save_every_iterations", "device", "max_iterations", "kl_warning_threshold", "length_warning_factor",
+               "gradient_checkpointing")  # recomputes the same activations: a memory setting, like the device
     return {k: v for k, v in config.to_dict().items() if k not in ignored}
 
 
@@ -506,10 +528,13 @@ def train_ppo(policy_path: str | Path, prompts: Sequence[PPOPrompt], reward_fn: 
         batch = [prompts[i] for i in indices]
         first_position = (iteration - 1) * config.prompts_per_iteration
         seeds = [_seed(config.seed, _ROLLOUT, first_position + row) for row in range(len(batch))]
+        rollout_started = time.perf_counter()
         rollouts = _sample(models, [prompt_ids[i] for i in indices], seeds, config)
+        rollout_seconds = time.perf_counter() - rollout_started  # synchronised: the sampled ids were read back
         final_reward = _final_rewards(reward_fn, batch, rollouts.texts, device)  # (B,)
         experience = _experience(models, rollouts, final_reward, config)
-        losses = _update(models, optimization, rollouts, experience, config, iteration)
+        with _checkpointing(models, config):
+            losses = _update(models, optimization, rollouts, experience, config, iteration)
         run.iteration = iteration
 
         metrics = {
@@ -519,6 +544,8 @@ def train_ppo(policy_path: str | Path, prompts: Sequence[PPOPrompt], reward_fn: 
             "kl_mean": float(experience["kl"].sum(-1).mean()),  # per response, nats
             **losses,
             "response_length_mean": float(experience["mask"].sum(-1).mean()),
+            "generated_tokens": int(experience["mask"].sum()),
+            "rollout_seconds": rollout_seconds,
             "advantage_mean": float(masked_mean(experience["advantages"], experience["mask"])),
             "learning_rate": optimization.policy_optimizer.param_groups[0]["lr"],
             "prompts_seen": iteration * config.prompts_per_iteration,

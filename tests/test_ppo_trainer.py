@@ -122,8 +122,11 @@ def test_a_short_run_raises_the_reward_and_trains_only_the_policy(tiny_policy_di
     assert [m["iteration"] for m in result.metrics] == list(range(1, 25)) and events == result.metrics
     assert set(result.metrics[0]) == {
         "iteration", "reward_mean", "reward_std", "kl_mean", "policy_loss", "value_loss", "entropy",
-        "clip_fraction", "approx_kl", "response_length_mean", "advantage_mean", "learning_rate", "prompts_seen",
-        "heldout_reward", "warnings", "seconds"}
+        "clip_fraction", "approx_kl", "response_length_mean", "generated_tokens", "rollout_seconds",
+        "advantage_mean", "learning_rate", "prompts_seen", "heldout_reward", "warnings", "seconds"}
+    first = result.metrics[0]  # 8 prompts per iteration (cpu-small); the rollout is timed inside the iteration
+    assert first["generated_tokens"] == round(8 * first["response_length_mean"]) > 0
+    assert 0 < first["rollout_seconds"] < first["seconds"]
     # Held-out prompts, sampled with the same seeds before and after: the reward rose.
     start, end = result.heldout_rewards[0], result.heldout_rewards[-1]
     assert start["iteration"] == 0 and end["iteration"] == 24
@@ -148,6 +151,10 @@ def test_a_short_run_raises_the_reward_and_trains_only_the_policy(tiny_policy_di
     assert loaded.tokenizer.eos_token == "</s>"
     saved = json.loads((tmp_path / "run" / "ppo_result.json").read_text())
     assert saved["iterations"] == 24 and len(saved["metrics"]) == 24
+
+
+def without_time(metrics):
+    return [{k: v for k, v in m.items() if k not in ("seconds", "rollout_seconds")} for m in metrics]
 
 
 def _state(path):
@@ -191,9 +198,6 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_runs_weights_and_optimizer_s
     assert resumed.resumed_from_iteration == 3 and resumed.iterations == whole.iterations == 4
 
     # The same prompts, samples and rewards at every iteration, held-out evaluations included.
-    def without_time(metrics):
-        return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
-
     assert without_time(resumed.metrics) == without_time(whole.metrics)
     assert resumed.heldout_rewards == whole.heldout_rewards and resumed.best_iteration == whole.best_iteration
     a, b = load_file(whole.policy_path / "model.safetensors"), load_file(resumed.policy_path / "model.safetensors")
@@ -205,6 +209,30 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_runs_weights_and_optimizer_s
         _assert_equal_tree(whole_state[key], resumed_state[key])
     assert whole_state["policy_optimizer"]["state"][0]["step"].item() == 4 * 2  # 2 mini-batches per iteration
     assert whole_state["prompts_seen"] == resumed_state["prompts_seen"] == 4 * 8
+
+
+def test_gradient_checkpointing_keeps_fewer_activations_and_trains_to_the_same_weights(tiny_policy_dir, tmp_path,
+                                                                                       questions):
+    runs = {}
+    for checkpointing in (False, True):
+        saved_bytes = []
+
+        def pack(tensor, saved_bytes=saved_bytes):  # every tensor autograd keeps for a backward pass
+            saved_bytes.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            result = train_ppo(tiny_policy_dir, questions[:8], shorter_is_better,
+                               _config(max_iterations=2, gradient_checkpointing=checkpointing),
+                               tmp_path / str(checkpointing))
+        runs[checkpointing] = result, sum(saved_bytes)
+    (plain, plain_bytes), (checkpointed, checkpointed_bytes) = runs[False], runs[True]
+    # The layers' activations are recomputed in the backward pass instead of kept (generation, in eval mode,
+    # keeps no graph either way); what is kept is the layer inputs and the logits.
+    assert 0 < checkpointed_bytes < plain_bytes / 2
+    assert without_time(checkpointed.metrics) == without_time(plain.metrics)
+    a, b = (load_file(r.policy_path / "model.safetensors") for r in (plain, checkpointed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_early_stopping_keeps_the_starting_policy_when_nothing_beats_it(tiny_policy_dir, tmp_path, questions):
