@@ -85,6 +85,8 @@ class RLHFRound(models.Model):
         REJECTION_SAMPLING = "rejection_sampling", "Rejection sampling"
         PPO = "ppo", "PPO"
         RS_THEN_PPO = "rs_then_ppo", "Rejection sampling, then PPO"
+        RLOO = "rloo", "RLOO (TRL, critic-free)"
+        DPO = "dpo", "DPO (TRL, offline on the comparisons)"
 
     class Step(models.TextChoices):
         COLLECTING = "collecting", "Collecting comparisons"

@@ -34,6 +34,10 @@ class RoundConfig:
     sft: dict = field(default_factory=dict, metadata=_help("SFTConfig fields over the preset."))
     ppo_preset: str = field(default="paper", metadata=_help("PPOConfig preset."))
     ppo: dict = field(default_factory=dict, metadata=_help("PPOConfig fields over the preset."))
+    rloo_preset: str = field(default="paper", metadata=_help("models_core.rloo.RLOOSettings preset."))
+    rloo: dict = field(default_factory=dict, metadata=_help("RLOOSettings fields over the preset."))
+    dpo_preset: str = field(default="paper", metadata=_help("models_core.dpo.DPOSettings preset."))
+    dpo: dict = field(default_factory=dict, metadata=_help("DPOSettings fields over the preset."))
     combined_reward: dict = field(default_factory=dict, metadata=_help(
         "CombinedRewardConfig fields (safety threshold 0.15, beta 0.01, §3.2.3)."))
     eval_temperature: float = field(default=0.7, metadata=_help("Sampling temperature of the win-rate answers."))
@@ -67,6 +71,8 @@ class RoundConfig:
         self.sft_config()
         self.combined_config()
         self.ppo_config()
+        self.rloo_config()
+        self.dpo_config()
 
     def reward_config(self):
         from models_core.reward_config import RewardConfig
@@ -98,6 +104,19 @@ class RoundConfig:
         return PPOConfig.from_dict({"seed": self.seed, "kl_beta": self.combined_config().kl_beta,
                                     "device": self.device, **self.ppo}, base=PPOConfig.preset(self.ppo_preset))
 
+    def rloo_config(self):
+        from models_core.rloo import RLOOSettings
+
+        # beta is the combined reward's KL weight (Llama 2 §3.2.3) unless rloo names its own
+        return RLOOSettings.from_dict({"seed": self.seed, "beta": self.combined_config().kl_beta,
+                                       "device": self.device, **self.rloo}, base=RLOOSettings.preset(self.rloo_preset))
+
+    def dpo_config(self):
+        from models_core.dpo import DPOSettings
+
+        return DPOSettings.from_dict({"seed": self.seed, "device": self.device, **self.dpo},
+                                     base=DPOSettings.preset(self.dpo_preset))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -109,7 +128,8 @@ class RoundConfig:
             return cls(reward_preset="cpu-small", reward={"max_length": 256, "num_epochs": 2.0},
                        max_prompts=16, heldout_prompts=16,
                        rejection_sampling={"samples_per_prompt": 4, "max_new_tokens": 24, "batch_size": 16},
-                       sft_preset="cpu-tiny", ppo_preset="cpu-small", eval_max_new_tokens=24, device="cpu")
+                       sft_preset="cpu-tiny", ppo_preset="cpu-small", rloo_preset="cpu-tiny", dpo_preset="cpu-tiny",
+                       eval_max_new_tokens=24, device="cpu")
         raise ValueError(f"Unknown round preset {name!r}; use one of {', '.join(ROUND_PRESETS)}")
 
     @classmethod

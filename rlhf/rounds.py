@@ -515,6 +515,48 @@ def _ppo(round_: RLHFRound, config: RoundConfig, progress, folder: Path, start_p
     return Path(result.best_policy_path or result.policy_path)
 
 
+def _rloo(round_: RLHFRound, config: RoundConfig, progress, folder: Path, start_path: str) -> Path:
+    """RLOO (TRL): critic-free, sequence-level reward - beta * KL, the combined reward as its reward function."""
+    from models_core.rloo import train_rloo
+
+    train, _ = _prompt_files(round_, config)
+    scorer = _scorer(round_, config)
+
+    def reward_fn(dialogues, responses, is_safety):
+        return scorer(dialogues, responses, is_safety).reward.float()
+
+    result = train_rloo(start_path, train, reward_fn, config.rloo_config(), folder / "rloo",
+                        progress=lambda e: progress({"phase": "rloo", **e}))
+    _save_metrics(round_.pk, "rloo", _trl_summary(result))
+    return Path(result["policy_path"])
+
+
+def _dpo(round_: RLHFRound, config: RoundConfig, progress, folder: Path, start_path: str) -> Path:
+    """DPO (TRL) on the round's exported comparisons (train split of both presets), offline: no reward model is
+    needed to train; the round's reward models still judge the result."""
+    from models_core.dpo import train_dpo
+    from models_core.reward_data import load_pairs
+
+    pairs = []
+    for preset in ("helpfulness-rm", "safety-rm"):
+        path = folder / f"dpo-{preset}.jsonl"
+        if not path.exists():  # written once: a resumed round trains on the same rows
+            exports.write_export(exports.ExportOptions(preset=preset, split="train", margin="none"), "jsonl", path)
+        pairs += load_pairs(path) if path.stat().st_size else []
+    if not pairs:
+        raise ValueError("DPO needs comparisons in the train split of helpfulness-rm or safety-rm; there are none.")
+    result = train_dpo(start_path, pairs, config.dpo_config(), folder / "dpo",
+                       progress=lambda e: progress({"phase": "dpo", **e}))
+    _save_metrics(round_.pk, "dpo", _trl_summary(result))
+    return Path(result["policy_path"])
+
+
+def _trl_summary(result: dict) -> dict:
+    metrics = result.get("metrics") or {}
+    last = {key: values[-1] for key, values in metrics.items() if values}
+    return {**{k: v for k, v in result.items() if k not in ("metrics", "log_history")}, "last_step": last}
+
+
 def policy_name(round_: RLHFRound) -> str:
     return f"rlhf-v{round_.number}"
 
@@ -532,6 +574,10 @@ def step_policy(round_: RLHFRound, progress) -> None:
             path = _rejection_sampling(round_, config, progress, folder)
         if round_.method in (Method.PPO, Method.RS_THEN_PPO):
             path = _ppo(round_, config, progress, folder, str(path))
+        if round_.method == Method.RLOO:
+            path = _rloo(round_, config, progress, folder, str(path))
+        if round_.method == Method.DPO:
+            path = _dpo(round_, config, progress, folder, str(path))
         round_.refresh_from_db()
         lineage = {"round": round_.number, "method": round_.method, "start_policy": round_.start_policy.name,
                    "helpfulness_rm": round_.helpfulness_rm.name, "safety_rm": round_.safety_rm.name,

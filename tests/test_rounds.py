@@ -273,3 +273,20 @@ def test_cancelling_a_running_round_stops_it_at_its_next_progress_report(checkpo
     with pytest.raises(rounds.RoundCancelled):
         rounds._Progress(round_.pk, "policy")({"phase": "sampling", "done": 1, "total": 4, "force": True})
     assert rounds.advance(round_.pk) == "not claimed"  # a cancelled round is not taken up again
+
+
+@pytest.mark.parametrize("method", [RLHFRound.Method.RLOO, RLHFRound.Method.DPO])
+def test_rloo_and_dpo_rounds_register_a_policy_judged_by_the_rounds_reward_models(checkpoint_dir, policy,
+                                                                                  comparisons, method):
+    config = tiny_config(gate_min_win_rate=0.0, rloo={"max_steps": 3, "max_completion_length": 8},
+                         dpo={"num_epochs": 1.0, "max_length": 128})
+    round_ = rounds.run_inline(rounds.create_round(method=method, config=config, start=True).pk)
+    assert round_.status == RLHFRound.Status.SUCCEEDED, round_.error
+    summary = round_.metrics[method]
+    assert summary["steps"] >= 1 and Path(summary["policy_path"]).is_dir()
+    assert summary["policy_path"] == round_.new_policy.path and round_.new_policy.parent == policy
+    assert round_.metrics["policy_eval"]["vs_previous"]["prompts"] > 0
+    if method == RLHFRound.Method.DPO:
+        assert summary["pairs"] > 0 and "loss" in summary["last_step"]
+    else:
+        assert summary["settings"]["beta"] == 0.01  # the combined reward's KL weight
