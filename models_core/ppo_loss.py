@@ -9,6 +9,8 @@ those of Schulman et al. 2017 (PPO) and 2016 (GAE) as TRL's last PPO trainer and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -21,13 +23,19 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the real tokens, zero on padding. A single token (or equal values) is centred only."""
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, *,
+                  sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """(x - mean) / std over the real tokens, zero on padding. A single token (or equal values) is centred only.
+
+    ``sum_over_processes`` (a tensor -> its sum over the data-parallel ranks) makes the mean and the variance
+    those of every rank's tokens together, so the result does not depend on how the batch was split."""
+    total = sum_over_processes or (lambda tensor: tensor)
     mask = mask.to(values.dtype)
-    mean = masked_mean(values, mask)
+    sums = total(torch.stack([(values * mask).sum(), mask.sum()]))  # (2,): sum, count
+    count = sums[1]
+    mean = sums[0] / count.clamp(min=1)
     centred = (values - mean) * mask  # (B, T)
-    count = mask.sum()
-    variance = (centred.pow(2)).sum() / count.clamp(min=1)
+    variance = total(centred.pow(2).sum()) / count.clamp(min=1)
     if count < 2 or variance == 0:
         return centred
     return centred * torch.rsqrt(variance + eps)

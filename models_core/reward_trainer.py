@@ -58,9 +58,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from models_core import reward_zero
+from models_core.distributed import Distributed, all_reduce_sum, barrier, device_for, setup_distributed, teardown
 from models_core.reward_config import PRESETS, RewardConfig
 from models_core.reward_data import PreferencePair, encode_response, load_pairs, manifest_hash, margin_for
 from models_core.reward_loss import ranking_loss, safety_aux_loss
@@ -109,22 +109,6 @@ class _Example:
     @property
     def length(self) -> int:
         return max(len(self.chosen_ids), len(self.rejected_ids))
-
-
-@dataclass
-class _Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    started_here: bool = False
-    zero_stage: int = 0
-    zero_config_file: Path | None = None  # the DeepSpeed JSON accelerate launch names, when it does
-    keep_group: bool = False  # DeepSpeed caches the process group for the process's life: never destroy it then
-    set_local_rank: bool = False  # LOCAL_RANK was set here for DeepSpeed (one process, no launcher); unset after
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -243,7 +227,7 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
 
 
 def _save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
-                     progress_state: dict, dist_info: _Distributed, device: torch.device, engine=None) -> None:
+                     progress_state: dict, dist_info: Distributed, device: torch.device, engine=None) -> None:
     """Written into a staging directory that is renamed once every rank has written its part. Under ZeRO the
     DeepSpeed engine writes the model and each rank's optimizer partition there (all ranks call it)."""
     root = output_dir / CHECKPOINTS_DIR
@@ -255,70 +239,20 @@ def _save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, optimi
         if engine is None:
             torch.save({"model": getattr(model, "module", model).state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), **progress_state}, staging / STATE_FILE)
-    _barrier(dist_info)
+    barrier(dist_info)
     if engine is not None:
         progress = {k: progress_state[k] for k in ("step", "losses", "pairs_seen", "manifest_hash", "total_steps")}
         run = {k: progress_state[k] for k in ("manifest_hash", "world_size", "config", "zero_stage")}
         reward_zero.save_checkpoint(engine, staging, progress, run, dist_info.main)
     torch.save(_rng_state(device), staging / f"rng-{dist_info.rank}.pt")
-    _barrier(dist_info)
+    barrier(dist_info)
     if dist_info.main:
         (staging / COMPLETE_MARKER).write_text(str(step))
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)  # a checkpoint appears whole or not at all
         for old in checkpoint_dirs(output_dir)[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
-    _barrier(dist_info)
-
-
-def _barrier(dist_info: _Distributed) -> None:
-    if dist_info.world_size > 1:
-        dist.barrier()
-
-
-# --- distributed ---------------------------------------------------------------------------------------------
-
-
-def _setup_distributed(config: RewardConfig, zero_stage: int | None) -> _Distributed:
-    stage, zero_file = reward_zero.resolve_zero_stage(zero_stage)
-    if stage:
-        reward_zero.import_deepspeed(stage)  # fail before any process group or model exists
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1 and not stage:
-        return _Distributed()
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    started = False
-    if not dist.is_initialized():
-        use_cuda = config.device != "cpu" and torch.cuda.is_available()
-        backend = "nccl" if use_cuda else "gloo"
-        if world_size <= 1:  # DeepSpeed needs a process group (and LOCAL_RANK) even for one process
-            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
-        else:
-            dist.init_process_group(backend=backend)
-        started = True
-    set_local_rank = bool(stage) and "LOCAL_RANK" not in os.environ
-    if set_local_rank:
-        os.environ["LOCAL_RANK"] = "0"  # DeepSpeed asserts a launcher set it; unset again when the call ends
-    return _Distributed(rank=rank, world_size=max(1, world_size), local_rank=local_rank, started_here=started,
-                        zero_stage=stage, zero_config_file=zero_file, set_local_rank=set_local_rank)
-
-
-def _device_for(config: RewardConfig, dist_info: _Distributed) -> torch.device:
-    from models_core.loading import pick_device
-
-    device = pick_device(config.device)
-    if device.type == "cuda" and dist_info.world_size > 1:
-        device = torch.device("cuda", dist_info.local_rank)
-        torch.cuda.set_device(device)
-    return device
-
-
-def _all_reduce_sum(value: float, dist_info: _Distributed, device: torch.device) -> float:
-    if dist_info.world_size == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return float(tensor.item())
+    barrier(dist_info)
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -368,20 +302,17 @@ def train_reward_model(base_path: str | Path, train_pairs: Sequence[PreferencePa
     output_dir = Path(output_dir)
     if not train_pairs:
         raise ValueError("No training pairs")
-    dist_info = _setup_distributed(config, zero_stage)
+    dist_info = setup_distributed(config.device, zero_stage)
     try:
         return _train(base_path, list(train_pairs), config, output_dir, eval_pairs, progress, resume,
                       stop_after_step, dist_info, started)
     finally:
-        if dist_info.started_here and not dist_info.keep_group and dist.is_initialized():
-            dist.destroy_process_group()
-        if dist_info.set_local_rank:
-            os.environ.pop("LOCAL_RANK", None)
+        teardown(dist_info)
 
 
 def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, resume, stop_after_step,
-           dist_info: _Distributed, started: float) -> TrainResult:
-    device = _device_for(config, dist_info)
+           dist_info: Distributed, started: float) -> TrainResult:
+    device = device_for(config.device, dist_info)
     explicit_low = config.dtype in ("bfloat16", "float16")
     param_dtype = config.dtype if explicit_low else "float32"  # AdamW keeps fp32 master weights by default
     zero = dist_info.zero_stage
@@ -452,7 +383,7 @@ def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, res
         resumed_from = step
     elif resume is False and (output_dir / CHECKPOINTS_DIR).exists() and dist_info.main:
         shutil.rmtree(output_dir / CHECKPOINTS_DIR)
-    _barrier(dist_info)
+    barrier(dist_info)
 
     train_model = model
     if engine is not None:
@@ -498,10 +429,10 @@ def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, res
             optimizer.step()
             scheduler.step()
         step += 1
-        ranking_sum = _all_reduce_sum(ranking_sum, dist_info, device)
+        ranking_sum = all_reduce_sum(ranking_sum, dist_info, device)
         loss = ranking_sum / pairs_in_step
         if config.safety_aux_weight > 0 and labelled_in_step:
-            loss += config.safety_aux_weight * _all_reduce_sum(aux_sum, dist_info, device) / labelled_in_step
+            loss += config.safety_aux_weight * all_reduce_sum(aux_sum, dist_info, device) / labelled_in_step
         losses.append(loss)
         pairs_seen += pairs_in_step
         pairs_this_call += pairs_in_step
@@ -535,7 +466,7 @@ def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, res
                                max_length=max_length)
             (output_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
             write_calibration_png(metrics, output_dir / "calibration.png")
-    _barrier(dist_info)
+    barrier(dist_info)
     result = TrainResult(
         output_dir=output_dir, steps=step, pairs_seen=pairs_seen, truncated_pairs=truncated, losses=losses,
         first_loss=losses[0] if losses else float("nan"), last_loss=losses[-1] if losses else float("nan"),

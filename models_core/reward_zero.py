@@ -1,4 +1,6 @@
-"""DeepSpeed ZeRO-2/ZeRO-3 for the reward-model trainer's own loop (``models_core.reward_trainer``).
+"""DeepSpeed ZeRO-2/ZeRO-3 for the reward-model trainer's own loop (``models_core.reward_trainer``); PPO
+(``models_core.ppo_trainer``) hands its policy and critic to the same ``initialize`` and checkpoints each engine
+under its own ``tag``.
 
 The loop hands its model, its AdamW (the paper's betas, epsilon and weight decay) and its cosine ``LambdaLR`` to
 raw ``deepspeed.initialize`` with the shipped config (``models_core.deepspeed_config`` fills its "auto"
@@ -128,7 +130,7 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
 
     accelerator = get_accelerator().device_name()
     if accelerator != device.type:
-        raise ValueError(f"RewardConfig.device gives {device.type} but DeepSpeed's accelerator is {accelerator} "
+        raise ValueError(f"the config's device is {device.type} but DeepSpeed's accelerator is {accelerator} "
                          f"(DS_ACCELERATOR={os.environ.get('DS_ACCELERATOR', 'unset')}); make them agree")
     hidden = getattr(model.config, "hidden_size", None)
     ds_config = deepspeed_config(stage, config, world_size, hidden_size=hidden, source=source)
@@ -137,11 +139,12 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     return engine
 
 
-def save_checkpoint(engine: Any, staging: Path, progress: dict, run: dict, main: bool) -> None:
+def save_checkpoint(engine: Any, staging: Path, progress: dict, run: dict | None, main: bool, *,
+                    tag: str = DEEPSPEED_TAG) -> None:
     """All ranks: the engine's files (model, this rank's optimizer partition, scheduler, ``client_state``) under
-    ``staging/deepspeed``; rank 0 adds ``run.json`` (what a resume must match)."""
-    engine.save_checkpoint(str(staging), tag=DEEPSPEED_TAG, client_state=progress, save_latest=False)
-    if main:
+    ``staging/<tag>``; rank 0 adds ``run.json`` (what a resume must match) unless ``run`` is None."""
+    engine.save_checkpoint(str(staging), tag=tag, client_state=progress, save_latest=False)
+    if main and run is not None:
         (staging / RUN_FILE).write_text(json.dumps(run, indent=2))
 
 
@@ -151,9 +154,9 @@ def read_run(checkpoint: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_checkpoint(engine: Any, checkpoint: Path) -> dict:
+def load_checkpoint(engine: Any, checkpoint: Path, *, tag: str = DEEPSPEED_TAG) -> dict:
     """All ranks: model, optimizer partition and scheduler back into ``engine``; returns the ``client_state``."""
-    path, client_state = engine.load_checkpoint(str(checkpoint), tag=DEEPSPEED_TAG, load_optimizer_states=True,
+    path, client_state = engine.load_checkpoint(str(checkpoint), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
     if path is None:
         raise ValueError(f"{checkpoint}: DeepSpeed could not load its checkpoint")
