@@ -713,3 +713,42 @@ def start_scheduled_round(method: str, config: dict) -> int | None:
         logger.warning("Weekly round skipped: %s is still %s", active.name, active.status)
         return None
     return create_round(method=method, config=config, start=True).pk
+
+
+# --- a PPO run on a cluster (--print-launch) ----------------------------------------------------------------------
+
+def prepare_ppo_launch(*, preset: str = "paper", config: dict | None = None) -> dict:
+    """The files a cluster PPO run needs, written into a new folder beside the rounds: the train and held-out
+    prompts (as a round's collecting step fixes them), the PPO config, and the paths of the current policy and the
+    latest registered reward models. ``ValidationError`` names what is missing."""
+    import json as _json
+
+    round_config = _round_config({"preset": preset, **(config or {})})
+    policy = current_policy()
+    if policy is None or not policy.path:
+        raise ValidationError({"base": "There is no current policy with a model directory (manage.py "
+                                       "bootstrap_policy)."})
+    models = {}
+    for role in (PolicyCheckpoint.Role.REWARD_HELPFULNESS, PolicyCheckpoint.Role.REWARD_SAFETY):
+        models[role] = (PolicyCheckpoint.objects.filter(role=role, is_current=True).first()
+                        or PolicyCheckpoint.objects.filter(role=role).exclude(path="").order_by("-created_at").first())
+    helpful = models[PolicyCheckpoint.Role.REWARD_HELPFULNESS] or models[PolicyCheckpoint.Role.REWARD_SAFETY]
+    safety = models[PolicyCheckpoint.Role.REWARD_SAFETY] or helpful
+    if helpful is None:
+        raise ValidationError({"reward_model": "No reward model is registered: train one first "
+                                               "(manage.py train_reward_model)."})
+    folder = round_dir(1).parent.parent / "ppo-launch" / timezone.now().strftime("%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, limit in (("train", round_config.max_prompts), ("test", round_config.heldout_prompts)):
+        prompts = round_prompts(split, limit, round_config.seed)
+        if not prompts:
+            raise ValidationError({"prompts": f"No {split}-split comparisons to take prompts from."})
+        files[split] = folder / f"prompts-{split}.json"
+        files[split].write_text(_json.dumps([{"messages": p.messages, "is_safety": p.is_safety, "key": p.key}
+                                             for p in prompts]))
+    config_path = folder / "ppo_config.json"
+    config_path.write_text(_json.dumps(round_config.ppo_config().to_dict(), indent=1))
+    return {"folder": folder, "config": config_path, "prompts": files["train"], "heldout": files["test"],
+            "base": policy.path, "reward_model": helpful.path, "safety_reward_model": safety.path,
+            "out": folder / "run"}

@@ -290,3 +290,23 @@ def test_rloo_and_dpo_rounds_register_a_policy_judged_by_the_rounds_reward_model
         assert summary["pairs"] > 0 and "loss" in summary["last_step"]
     else:
         assert summary["settings"]["beta"] == 0.01  # the combined reward's KL weight
+
+
+def test_print_launch_writes_the_ppo_files_and_prints_the_zero2_command(checkpoint_dir, policy, comparisons,
+                                                                        tiny_reward_dir):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    from annotation.models import PolicyCheckpoint
+
+    with pytest.raises(CommandError, match="No reward model is registered"):
+        call_command("rlhf_round", "print-launch", stdout=StringIO())
+    register_checkpoint(name="rm-h", path=str(tiny_reward_dir), role=PolicyCheckpoint.Role.REWARD_HELPFULNESS)
+    out = StringIO()
+    call_command("rlhf_round", "print-launch", "--nodes", "2", "--gpus-per-node", "4", stdout=out)
+    text = out.getvalue()
+    assert "accelerate launch" in text and "config/accelerate/zero2.yaml" in text and "--num_processes 8" in text
+    assert "-m models_core.ppo_trainer" in text and str(tiny_reward_dir) in text
+    folder = Path(text.splitlines()[0].removeprefix("# files in "))
+    assert (folder / "prompts-train.json").is_file() and (folder / "ppo_config.json").is_file()

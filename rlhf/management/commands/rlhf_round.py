@@ -7,6 +7,7 @@
     python manage.py rlhf_round retry N | cancel N
     python manage.py rlhf_round promote N --by admin --reason "read the answers; better"
     python manage.py rlhf_round schedule --method rejection_sampling --day monday --hour 2
+    python manage.py rlhf_round print-launch --nodes 2 --gpus-per-node 8    # PPO on a cluster (DeepSpeed ZeRO-2)
 """
 
 import json
@@ -47,6 +48,10 @@ class Command(BaseCommand):
         promote.add_argument("number", type=int)
         promote.add_argument("--by", required=True, help="the staff user's name")
         promote.add_argument("--reason", required=True)
+        launch = sub.add_parser("print-launch", help="print the multi-GPU PPO command (DeepSpeed ZeRO-2)")
+        launch.add_argument("--preset", default="paper", choices=ROUND_PRESETS)
+        launch.add_argument("--nodes", type=int, default=1)
+        launch.add_argument("--gpus-per-node", type=int, default=8)
         schedule = sub.add_parser("schedule", help="start a round every week (django-celery-beat)")
         schedule.add_argument("--method", default="rejection_sampling", choices=RLHFRound.Method.values)
         schedule.add_argument("--preset", default="paper", choices=ROUND_PRESETS)
@@ -61,7 +66,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            getattr(self, f"_{options['action']}")(options)
+            getattr(self, f"_{options['action'].replace('-', '_')}")(options)
         except ValidationError as exc:
             raise CommandError(_errors(exc)) from exc
 
@@ -163,6 +168,19 @@ class Command(BaseCommand):
             raise CommandError(f"No user {options['by']!r}.")
         round_ = rounds.promote_by_hand(self._round(options["number"]).pk, user, options["reason"])
         self.stdout.write(f"{round_.new_policy.name} is now the current policy ({round_.name}).")
+
+    def _print_launch(self, options):
+        from rlhf.launch import print_ppo_launch_command
+
+        files = rounds.prepare_ppo_launch(preset=options["preset"])
+        try:
+            text = print_ppo_launch_command(
+                options["nodes"], options["gpus_per_node"], files["config"], files["prompts"], files["base"],
+                files["out"], reward_model=files["reward_model"], safety_reward_model=files["safety_reward_model"],
+                heldout_prompts=files["heldout"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"# files in {files['folder']}\n{text}")
 
     def _schedule(self, options):
         task = rounds.schedule_weekly(method=options["method"], preset=options["preset"], day_of_week=options["day"],
