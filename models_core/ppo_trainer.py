@@ -109,6 +109,7 @@ from models_core.ppo_loss import (
     masked_whiten,
 )
 from models_core.ppo_rollout import Rollouts, encode_prompts, response_logprobs, response_values, sample_rollouts
+from models_core.training_state import adamw, rng_state, set_rng_state
 
 CHECKPOINTS_DIR = "checkpoints"
 POLICY_DIR = "policy"
@@ -297,17 +298,12 @@ def _constant(_step: int) -> float:
 
 
 def _optimization(models: _Models, config: PPOConfig) -> _Optimization:
-    def adamw(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
-        for name, parameter in model.named_parameters():
-            if parameter.requires_grad:
-                (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
-        return torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon, foreach=True)
+    def optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        return adamw(model, lr=lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
+                     weight_decay=config.weight_decay)
 
-    policy_optimizer = adamw(models.policy, config.learning_rate)
-    value_optimizer = adamw(models.critic, config.value_learning_rate)
+    policy_optimizer = optimizer(models.policy, config.learning_rate)
+    value_optimizer = optimizer(models.critic, config.value_learning_rate)
     # The rate is constant (Llama 2 §3.2.3); the schedulers are kept so a resumed run restores them like any other.
     return _Optimization(policy_optimizer, value_optimizer,
                          torch.optim.lr_scheduler.LambdaLR(policy_optimizer, _constant),
@@ -496,20 +492,6 @@ def reward_hacking_warnings(metrics: dict, first_length: float | None, config: P
 # --- checkpoints ---------------------------------------------------------------------------------------------
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     root = Path(output_dir) / CHECKPOINTS_DIR
@@ -565,7 +547,7 @@ def _save_checkpoint(output_dir: Path, models: _Models, optimization: _Optimizat
         }
     if dist_info.main:
         torch.save(state, staging / STATE_FILE)
-    torch.save(_rng_state(models.device), staging / _rng_file(dist_info.rank))
+    torch.save(rng_state(models.device), staging / _rng_file(dist_info.rank))
     barrier(dist_info)
     if dist_info.main:
         (staging / COMPLETE_MARKER).write_text(str(run.iteration))
@@ -599,7 +581,7 @@ def _load_checkpoint(path: Path, models: _Models, optimization: _Optimization, d
         optimization.value_optimizer.load_state_dict(state["value_optimizer"])
         optimization.policy_scheduler.load_state_dict(state["policy_scheduler"])
         optimization.value_scheduler.load_state_dict(state["value_scheduler"])
-    _set_rng_state(torch.load(path / _rng_file(dist_info.rank), weights_only=False), models.device)
+    set_rng_state(torch.load(path / _rng_file(dist_info.rank), weights_only=False), models.device)
     return _RunState(iteration=state["iteration"], metrics=list(state["metrics"]),
                      heldout_rewards=list(state["heldout_rewards"]), best_iteration=state["best_iteration"],
                      best_heldout_reward=state["best_heldout_reward"], evals_since_best=state["evals_since_best"],

@@ -65,6 +65,7 @@ from models_core.reward_config import PRESETS, RewardConfig
 from models_core.reward_data import PreferencePair, encode_response, load_pairs, manifest_hash, margin_for
 from models_core.reward_loss import ranking_loss, safety_aux_loss
 from models_core.reward_model import forward_rewards, load_reward_model, pad_batch, save_reward_model
+from models_core.training_state import adamw, rng_state, set_rng_state
 
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
@@ -181,15 +182,8 @@ def lr_factor(step: int, total_steps: int, warmup: int, min_lr_ratio: float) -> 
 
 
 def _optimizer(model: torch.nn.Module, config: RewardConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
-        foreach=True,
-    )
+    return adamw(model, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
+                 weight_decay=config.weight_decay)
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -201,20 +195,6 @@ def _disable_dropout(model: torch.nn.Module) -> None:
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
@@ -244,7 +224,7 @@ def _save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, optimi
         progress = {k: progress_state[k] for k in ("step", "losses", "pairs_seen", "manifest_hash", "total_steps")}
         run = {k: progress_state[k] for k in ("manifest_hash", "world_size", "config", "zero_stage")}
         reward_zero.save_checkpoint(engine, staging, progress, run, dist_info.main)
-    torch.save(_rng_state(device), staging / f"rng-{dist_info.rank}.pt")
+    torch.save(rng_state(device), staging / f"rng-{dist_info.rank}.pt")
     barrier(dist_info)
     if dist_info.main:
         (staging / COMPLETE_MARKER).write_text(str(step))
@@ -379,7 +359,7 @@ def _train(base_path, train_pairs, config, output_dir, eval_pairs, progress, res
         step, losses, pairs_seen = state["step"], list(state["losses"]), state["pairs_seen"]
         rng_file = existing[-1] / f"rng-{dist_info.rank}.pt"
         if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, weights_only=False), device)
+            set_rng_state(torch.load(rng_file, weights_only=False), device)
         resumed_from = step
     elif resume is False and (output_dir / CHECKPOINTS_DIR).exists() and dist_info.main:
         shutil.rmtree(output_dir / CHECKPOINTS_DIR)

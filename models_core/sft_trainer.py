@@ -32,6 +32,7 @@ from models_core.loading import pick_device
 from models_core.reward_data import prompt_ids_of, response_ids_of
 from models_core.reward_trainer import lr_factor, micro_batch_schedule
 from models_core.sft_config import SFTConfig
+from models_core.training_state import adamw, rng_state, set_rng_state
 
 CHECKPOINTS_DIR = "checkpoints"
 POLICY_DIR = "policy"
@@ -113,12 +114,8 @@ def _save(output_dir: Path, step: int, state: dict) -> None:
 
 
 def _optimizer(model: torch.nn.Module, config: SFTConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate,
-                             betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
+    return adamw(model, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
+                 weight_decay=config.weight_decay)
 
 
 def train_sft(policy_path: str | Path, examples: Sequence[SFTExample], config: SFTConfig, output_dir: str | Path, *,
@@ -163,8 +160,7 @@ def train_sft(policy_path: str | Path, examples: Sequence[SFTExample], config: S
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, losses, resumed_from = state["step"], list(state["losses"]), state["step"]
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
+        set_rng_state(state["rng"], device)
     elif not resume:
         shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
 
@@ -205,7 +201,7 @@ def train_sft(policy_path: str | Path, examples: Sequence[SFTExample], config: S
             _save(output_dir, step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "scheduler": scheduler.state_dict(), "step": step, "losses": losses,
                                      "fingerprint": fingerprint, "config": config.to_dict(),
-                                     "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}})
+                                     "rng": rng_state(device)})
         if stop_after_step is not None and step >= stop_after_step and step < total_steps:
             break
 
