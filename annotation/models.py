@@ -38,6 +38,10 @@ def default_min_ready() -> int:
     return settings.LADDER_QUEUE_MIN_READY
 
 
+def default_gold_rate() -> float:
+    return settings.LADDER_GOLD_RATE
+
+
 class Focus(models.TextChoices):
     HELPFULNESS = "helpfulness", "Helpfulness"
     SAFETY = "safety", "Safety"
@@ -139,6 +143,10 @@ class AnnotationBatch(models.Model):
         default=default_min_ready,
         help_text="Queue refill keeps at least this many unlabelled pairs ready, from the prompt pool.",
     )
+    gold_rate = models.FloatField(
+        default=default_gold_rate,
+        help_text="Share of served tasks that are gold checks, when the batch has gold items (LADDER_GOLD_RATE).",
+    )
     week_of = models.DateField(null=True, blank=True)
     annotators = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="annotation_batches")
     reviewers = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="reviewed_batches")
@@ -147,7 +155,10 @@ class AnnotationBatch(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "annotation batches"
-        constraints = [models.CheckConstraint(condition=Q(overlap__gte=1), name="batch_overlap_at_least_one")]
+        constraints = [
+            models.CheckConstraint(condition=Q(overlap__gte=1), name="batch_overlap_at_least_one"),
+            models.CheckConstraint(condition=Q(gold_rate__gte=0) & Q(gold_rate__lte=1), name="batch_gold_rate_share"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -318,6 +329,10 @@ class ComparisonTask(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="Prompt mode: the annotator who wrote the prompt labels this task.",
     )
+    gold_item = models.ForeignKey(
+        "GoldItem", null=True, blank=True, on_delete=models.PROTECT, related_name="servings",
+        help_text="A gold check: this task is one serving of a gold item to one annotator (never in the queue).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -334,8 +349,9 @@ class ComparisonTask(models.Model):
             models.Index(fields=["batch", "status"]),
             # The queue: what a claim scans, in the order it scans it (``ORDER BY id``). Labelled tasks leave
             # it, so its size is the open work of the batch, not everything the batch ever held.
-            models.Index(fields=["batch", "id"], condition=Q(status="ready", owner__isnull=True),
-                         name="task_queue_open"),
+            models.Index(fields=["batch", "id"], condition=Q(status="ready", owner__isnull=True,
+                                                             gold_item__isnull=True),
+                         name="task_queue_open_v2"),
         ]
 
     def __str__(self) -> str:
@@ -418,7 +434,20 @@ class Comparison(models.Model):
         A = "A", "Slot A"
         B = "B", "Slot B"
 
+    class QAState(models.TextChoices):
+        """The quality-assurance review of a label. Rejected labels never leave the platform (exports, reward
+        training); corrected ones carry the reviewer's label, the annotator's kept as a revision."""
+
+        PENDING = "pending", "Not reviewed"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        CORRECTED = "corrected", "Corrected by a reviewer"
+
     task = models.ForeignKey(ComparisonTask, on_delete=models.CASCADE, related_name="comparisons")
+    batch = models.ForeignKey(
+        AnnotationBatch, on_delete=models.CASCADE, related_name="+",
+        help_text="The task's batch, copied here so a batch's statistics read one index, not a join.",
+    )
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="comparisons",
         help_text="Empty for imported (open-source) comparisons.",
@@ -443,6 +472,14 @@ class Comparison(models.Model):
     note = models.TextField(blank=True)
     time_on_task = models.DurationField(help_text="Measured on the server: lease start to submit.")
     idempotency_key = models.UUIDField(null=True, blank=True, unique=True)
+    qa_state = models.CharField(
+        max_length=10, choices=QAState.choices, default=QAState.PENDING, db_default=QAState.PENDING
+    )
+    is_gold = models.BooleanField(
+        default=False, db_default=False,
+        help_text="A label on a gold check: counted for the annotator's gold accuracy only.",
+    )
+    gold_correct = models.BooleanField(null=True, blank=True, help_text="Gold checks: the choice matched the answer.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -456,7 +493,14 @@ class Comparison(models.Model):
                 name="comparison_labelled_here_or_imported",
             ),
         ]
-        indexes = [models.Index(fields=["created_at"]), models.Index(fields=["source"])]
+        indexes = [
+            models.Index(fields=["created_at"]),
+            models.Index(fields=["source"]),
+            # The batch statistics and dashboards: one batch's labels in time order, and per annotator.
+            models.Index(fields=["batch", "created_at"], name="comparison_batch_time"),
+            models.Index(fields=["batch", "annotator", "created_at"], name="comparison_batch_annotator"),
+            models.Index(fields=["annotator", "created_at"], name="comparison_annotator_time"),
+        ]
         permissions = [
             ("import_data", "Can import prompts and preference data"),
             ("export_preferences", "Can export preference datasets"),
@@ -464,6 +508,11 @@ class Comparison(models.Model):
 
     def __str__(self) -> str:
         return f"Comparison {self.pk}: {self.chosen} {self.strength}"
+
+    def save(self, *args, **kwargs):
+        if self.batch_id is None and self.task_id is not None:
+            self.batch_id = ComparisonTask.objects.values_list("batch_id", flat=True).get(pk=self.task_id)
+        super().save(*args, **kwargs)
 
     @property
     def chosen_response(self) -> Response:
@@ -494,6 +543,7 @@ class ComparisonRevision(models.Model):
     response_b_safe = models.BooleanField(null=True, blank=True)
     safety_category = models.CharField(max_length=12, choices=SafetyCategory.choices, blank=True)
     note = models.TextField(blank=True)
+    qa_state = models.CharField(max_length=10, choices=Comparison.QAState.choices, default=Comparison.QAState.PENDING)
     changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     changed_at = models.DateTimeField(auto_now_add=True)
 
@@ -541,3 +591,7 @@ class PolicyCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+# Quality: gold checks, reviews and annotator flags (kept apart; Django finds them through this import).
+from annotation.quality_models import AnnotatorFlag, GoldItem, ReviewAction  # noqa: E402, F401

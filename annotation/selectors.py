@@ -117,10 +117,11 @@ def batch_progress(batch: AnnotationBatch, user: AbstractBaseUser) -> dict[str, 
     """Counts for the dashboard: queue pairs with their responses, those with all their labels (complete),
     labels given, and this user's labels."""
     counts = ComparisonTask.objects.filter(
-        batch=batch, owner__isnull=True, status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.COMPLETE]
+        batch=batch, owner__isnull=True, gold_item__isnull=True,
+        status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.COMPLETE],
     ).aggregate(tasks=Count("pk"), done=Count("pk", filter=Q(status=ComparisonTask.Status.COMPLETE)))
     task_count, done_tasks = counts["tasks"], counts["done"]
-    labels = Comparison.objects.filter(task__batch=batch)
+    labels = Comparison.objects.filter(batch=batch, is_gold=False)
     return {
         "tasks": task_count,
         "done_tasks": done_tasks,

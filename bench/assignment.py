@@ -69,9 +69,10 @@ WITH labelled AS (
 marked AS (
     UPDATE annotation_comparisontask t SET status = %(status)s FROM labelled WHERE t.id = labelled.id
 )
-INSERT INTO annotation_comparison (task_id, annotator_id, source, chosen, strength, safety_category, note,
-                                   time_on_task, created_at, updated_at)
-SELECT labelled.id, %(filler)s, 'ladder', 'A', 'better', '', '', interval '30 seconds', now(), now() FROM labelled
+INSERT INTO annotation_comparison (task_id, batch_id, annotator_id, source, chosen, strength, safety_category,
+                                   note, time_on_task, created_at, updated_at)
+SELECT labelled.id, %(batch)s, %(filler)s, 'ladder', 'A', 'better', '', '', interval '30 seconds', now(), now()
+FROM labelled
 """
 
 

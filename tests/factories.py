@@ -86,9 +86,9 @@ t AS (
     FROM ra JOIN rb USING (dialogue_id)
     RETURNING id
 )
-INSERT INTO annotation_comparison (task_id, annotator_id, source, chosen, strength, safety_category, note,
-                                   time_on_task, created_at, updated_at)
-SELECT t.id, a.id, %(source)s, CASE WHEN mod(t.id + coalesce(a.id, 0), 2) = 0 THEN 'A' ELSE 'B' END,
+INSERT INTO annotation_comparison (task_id, batch_id, annotator_id, source, chosen, strength, safety_category,
+                                   note, time_on_task, created_at, updated_at)
+SELECT t.id, %(batch)s, a.id, %(source)s, CASE WHEN mod(t.id + coalesce(a.id, 0), 2) = 0 THEN 'A' ELSE 'B' END,
        CASE WHEN a.id IS NULL THEN ''
             ELSE (ARRAY['significantly_better', 'better', 'slightly_better', 'negligibly_better'])[
                      1 + mod(t.id + a.id, 4)]

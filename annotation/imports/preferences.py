@@ -379,7 +379,7 @@ class _PairWriter(ChunkWriter):
         )
         Comparison.objects.bulk_create(
             Comparison(
-                task=task, annotator=None, source=source, import_hash=pair.import_hash,
+                task=task, batch=batch, annotator=None, source=source, import_hash=pair.import_hash,
                 chosen=Comparison.Choice.A, strength="", time_on_task=timedelta(0),
                 response_a_safe=pair.chosen_safe, response_b_safe=pair.rejected_safe,
                 # Derived from the two labels exactly as for labels made here (§3.2.1's bins).

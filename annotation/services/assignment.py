@@ -52,7 +52,7 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE a.annotator_id = %(user)s AND a.status IN ('skipped', 'active')) AS mine
     FROM annotation_assignment a WHERE a.task_id = t.id
 ) la
-WHERE t.batch_id = %(batch)s AND t.status = 'ready' AND t.owner_id IS NULL
+WHERE t.batch_id = %(batch)s AND t.status = 'ready' AND t.owner_id IS NULL AND t.gold_item_id IS NULL
   AND lc.mine_or_imported = 0 AND la.mine = 0 AND lc.labels + la.live < %(overlap)s
 ORDER BY t.id
 LIMIT 1
@@ -65,9 +65,10 @@ SELECT (SELECT count(*) FROM annotation_comparison c WHERE c.task_id = %(task)s)
 """
 
 # A task takes no more labels once it has an imported label, its author's label (prompt mode: nobody else
-# is offered it), or as many labels as the batch's overlap. One rule, applied in both directions.
+# is offered it), its one label (a gold check's serving), or as many labels as the batch's overlap. One rule,
+# applied in both directions.
 _DONE = """(EXISTS (SELECT 1 FROM annotation_comparison c WHERE c.task_id = t.id
-                    AND (c.annotator_id IS NULL OR c.annotator_id = t.owner_id))
+                    AND (c.annotator_id IS NULL OR c.annotator_id = t.owner_id OR t.gold_item_id IS NOT NULL))
            OR (SELECT count(*) FROM annotation_comparison c WHERE c.task_id = t.id) >= b.overlap)"""
 
 _REFRESH_SQL = f"""

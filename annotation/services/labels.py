@@ -123,6 +123,7 @@ def _record_label(user, task, label, category, assignment, now, idempotency_key)
     """Write the comparison and close the lease (inside the caller's transaction)."""
     comparison = Comparison.objects.create(
         task=task,
+        batch_id=task.batch_id,
         annotator=user,
         chosen=label.chosen,
         strength=label.strength,

@@ -55,3 +55,23 @@ LADDER_SAMPLER_PRELOAD = env_bool("LADDER_SAMPLER_PRELOAD", True)
 # PyTorch threads per sampling process; 0 keeps PyTorch's default (one per core). On a machine whose cores are
 # shared (several workers, or a web server busy beside one), 1 avoids threads waiting on each other.
 LADDER_SAMPLER_THREADS = env_int("LADDER_SAMPLER_THREADS", 0, minimum=0)
+
+# Quality assurance (annotation.services.gold / flags / review). The paper reviews labels in a QA step but gives
+# no numbers for it (§3.2.1, §4.2): these are our defaults.
+# Share of served tasks that are gold checks, where a batch has gold items (each batch can override it).
+LADDER_GOLD_RATE = env_float("LADDER_GOLD_RATE", 0.05, minimum=0.0)
+# An annotator is flagged when their gold accuracy falls below this, once they answered LADDER_GOLD_MIN_CHECKS.
+LADDER_GOLD_MIN_ACCURACY = env_float("LADDER_GOLD_MIN_ACCURACY", 0.7, minimum=0.0)
+LADDER_GOLD_MIN_CHECKS = env_int("LADDER_GOLD_MIN_CHECKS", 5, minimum=1)
+# A label submitted sooner than this after the lease began counts as too fast to have read both responses...
+LADDER_MIN_SECONDS_ON_TASK = env_float("LADDER_MIN_SECONDS_ON_TASK", 4.0, minimum=0.0)
+# ... and the annotator is flagged when more than this share of their labels are too fast.
+LADDER_TOO_FAST_SHARE = env_float("LADDER_TOO_FAST_SHARE", 0.3, minimum=0.0)
+# Side bias: flagged when a two-sided binomial test of left choices against 1/2 gives p below this.
+LADDER_SIDE_BIAS_P = env_float("LADDER_SIDE_BIAS_P", 0.001, minimum=0.0)
+# The rate rules (too fast, side bias) judge an annotator once they have this many labels in the batch.
+LADDER_QUALITY_MIN_LABELS = env_int("LADDER_QUALITY_MIN_LABELS", 20, minimum=1)
+# A flag pauses the annotator in that batch until an admin lifts it.
+LADDER_QUALITY_AUTO_PAUSE = env_bool("LADDER_QUALITY_AUTO_PAUSE", True)
+# Share of each batch's labels drawn (deterministically) into the review queue beside flagged and disputed ones.
+LADDER_REVIEW_SAMPLE_RATE = env_float("LADDER_REVIEW_SAMPLE_RATE", 0.05, minimum=0.0)

@@ -125,7 +125,11 @@ def _selection(options: ExportOptions) -> tuple[str, str, dict[str, Any]]:
     if not options.include_flagged:
         params["flagged"] = SafetyCategory.CHOSEN_UNSAFE_REJECTED_SAFE.value
         where.append("c.safety_category <> %(flagged)s")
-    ctes = [_HELDOUT.format(batch_filter="WHERE t.batch_id = ANY(%(batches)s)" if options.batches else "")]
+    # Gold checks are never data (and never move the split); rejected labels never leave the platform.
+    where.append("NOT c.is_gold")
+    where.append("c.qa_state <> 'rejected'")
+    ctes = [_HELDOUT.format(batch_filter="WHERE NOT c.is_gold"
+                            + (" AND t.batch_id = ANY(%(batches)s)" if options.batches else ""))]
     condition = " AND ".join(where) or "true"
     if options.preset:
         # Filters first, then the mix; the sampled ids are picked here and the rows streamed afterwards.
