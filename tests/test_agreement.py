@@ -1,0 +1,180 @@
+"""Agreement statistics: against hand-computed values, two published worked examples, the reference packages
+(krippendorff, irrCAC) on the same inputs, and the batch's numbers read through SQL."""
+
+from datetime import timedelta
+
+import krippendorff
+import numpy as np
+import pandas as pd
+import pytest
+from irrCAC import datasets as irr_datasets
+from irrCAC.raw import CAC
+
+from annotation.models import Comparison
+from annotation.quality import agreement, metrics
+from tests.factories import BatchFactory, UserFactory, make_pairs
+
+nan = np.nan
+# Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", §C: 4 observers, 12 units, values 1-5,
+# with missing values. Published: nominal 0.743, ordinal 0.815, interval 0.849.
+KRIPPENDORFF_2011 = np.array([
+    [1, 2, 3, 3, 2, 1, 4, 1, 2, nan, nan, nan],
+    [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, nan, 3],
+    [nan, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, nan],
+    [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, nan],
+])
+
+
+def to_counts(reliability: np.ndarray, categories) -> np.ndarray:
+    """Raters x items (NaN = no rating) to the items x categories matrix the metrics take."""
+    return np.stack([(reliability == c).sum(axis=0) for c in categories], axis=1)
+
+
+def test_pairwise_agreement_by_hand():
+    # Item 1: 3 labels, all alike (3 agreeing ordered pairs of 6... all 6 agree); item 2: A, A, B (2 of 6 agree).
+    counts = np.array([[3, 0], [2, 1]])
+    assert metrics.pairwise_agreement(counts) == pytest.approx((6 + 2) / 12)
+    assert metrics.pairwise_agreement(np.array([[1, 0], [0, 1]])) is None  # no item has two labels
+
+
+def test_alpha_by_hand_nominal_two_items():
+    # Two items each rated (0, 1) by two raters: every coincidence disagrees -> o = [[0, 2], [2, 0]], n = 4,
+    # alpha = 1 - (n - 1) * sum(o * delta) / sum(n_c n_k delta) = 1 - 3 * 4 / 8 = -0.5.
+    counts = np.array([[1, 1], [1, 1]])
+    assert metrics.krippendorff_alpha(counts, "nominal") == pytest.approx(-0.5)
+    assert metrics.krippendorff_alpha(np.array([[2, 0], [2, 0]])) == 1.0  # one category: nothing to disagree on
+
+
+def test_alpha_matches_krippendorffs_published_example():
+    counts = to_counts(KRIPPENDORFF_2011, range(1, 6))
+    assert round(metrics.krippendorff_alpha(counts, "nominal"), 3) == 0.743
+    assert round(metrics.krippendorff_alpha(counts, "ordinal"), 3) == 0.815
+
+
+def test_ac2_matches_gwets_example_in_irrcac():
+    # Gwet (2014), Handbook of Inter-Rater Reliability: 4 raters, 12 subjects, 5 categories (shipped by irrCAC).
+    ratings = irr_datasets.raw_4raters()
+    counts = to_counts(ratings.to_numpy().T, range(1, 6))
+    # Categories given: without them irrCAC 0.4.4 under pandas 3 counts the missing ratings (NaN) as a sixth
+    # category (pandas 3's stack() keeps NaN) and reports AC1 0.7855 instead of the handbook's 0.7754.
+    categories = [1.0, 2.0, 3.0, 4.0, 5.0]
+    reference_ac1 = CAC(ratings, categories=categories, digits=12).gwet()["est"]
+    reference_ac2 = CAC(ratings, weights="ordinal", categories=categories, digits=12).gwet()["est"]
+    assert metrics.gwet_ac2(counts, "identity") == pytest.approx(reference_ac1["coefficient_value"], abs=1e-9)
+    assert metrics.gwet_ac2(counts, "ordinal") == pytest.approx(reference_ac2["coefficient_value"], abs=1e-9)
+    # The handbook's numbers for this example: percent agreement 0.8182, AC1 0.7754.
+    assert round(reference_ac1["pa"], 4) == 0.8182 and round(metrics.gwet_ac2(counts, "identity"), 4) == 0.7754
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_inputs_match_the_reference_packages(seed):
+    rng = np.random.default_rng(seed)
+    raters, items = rng.integers(2, 6), rng.integers(20, 80)
+    truth = rng.integers(0, 8, size=items)
+    noisy = np.clip(truth + rng.integers(-2, 3, size=(raters, items)), 0, 7).astype(float)
+    noisy[rng.random(noisy.shape) < 0.25] = nan
+    counts = to_counts(noisy, range(8))
+    for level in ("ordinal", "nominal"):
+        expected = krippendorff.alpha(reliability_data=noisy, level_of_measurement=level, value_domain=list(range(8)))
+        assert metrics.krippendorff_alpha(counts, level) == pytest.approx(expected, abs=1e-9)
+    reference = CAC(pd.DataFrame(noisy.T), weights="ordinal", categories=list(range(8)), digits=12).gwet()
+    assert metrics.gwet_ac2(counts) == pytest.approx(reference["est"]["coefficient_value"], abs=1e-9)
+
+
+def test_random_labels_agree_near_chance_not_one():
+    # The failure other tools shipped: a score that is 1.0 whatever the labels.
+    rng = np.random.default_rng(3)
+    counts = to_counts(rng.integers(0, 8, size=(3, 2000)).astype(float), range(8))
+    assert abs(metrics.krippendorff_alpha(counts)) < 0.05
+    assert abs(metrics.gwet_ac2(counts)) < 0.1
+    assert metrics.pairwise_agreement(counts) == pytest.approx(1 / 8, abs=0.02)
+
+
+def test_bootstrap_interval_brackets_the_value_and_is_seeded():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 8, size=200)
+    counts = to_counts(np.clip(truth + rng.integers(-1, 2, size=(3, 200)), 0, 7).astype(float), range(8))
+    first = metrics.interval("ac2", counts, resamples=300, seed=5)
+    assert first["value"] == metrics.gwet_ac2(counts)
+    assert first["low"] < first["value"] < first["high"]
+    assert first == metrics.interval("ac2", counts, resamples=300, seed=5)
+    # The batched bootstrap (all resamples as item weights) against resampling the rows one by one.
+    rng = np.random.default_rng(11)
+    one_by_one = [metrics.gwet_ac2(counts[rng.integers(0, len(counts), len(counts))]) for _ in range(300)]
+    low, high = np.percentile(one_by_one, [2.5, 97.5])
+    assert first["low"] == pytest.approx(low, abs=0.03) and first["high"] == pytest.approx(high, abs=0.03)
+    for name, fn in [("alpha", metrics.krippendorff_alpha), ("pairwise", metrics.pairwise_agreement)]:
+        assert metrics.interval(name, counts, resamples=50)["value"] == pytest.approx(fn(counts))
+
+
+def _label(task, user, chosen, strength, **extra):
+    return Comparison.objects.create(task=task, annotator=user, chosen=chosen, strength=strength,
+                                     time_on_task=timedelta(seconds=20), **extra)
+
+
+@pytest.mark.django_db
+def test_batch_agreement_reads_the_labels_through_sql():
+    users = [UserFactory() for _ in range(3)]
+    batch = BatchFactory(overlap=3, annotators=users)
+    tasks = make_pairs(batch, 4)
+    # Signed labels (slot, strength) per task for users 0, 1, 2; user 2 contradicts the others on tasks 0-2.
+    plan = [
+        [("A", "better"), ("A", "better"), ("B", "slightly_better")],
+        [("A", "significantly_better"), ("A", "better"), ("B", "better")],
+        [("B", "slightly_better"), ("B", "negligibly_better"), ("A", "slightly_better")],
+        [("B", "better"), ("B", "better"), ("B", "better")],
+    ]
+    for task, labels in zip(tasks, plan, strict=True):
+        for user, (chosen, strength) in zip(users, labels, strict=True):
+            _label(task, user, chosen, strength)
+    # Not counted: a rejected label and a gold check's label (on another task).
+    extra = make_pairs(batch, 2)
+    _label(extra[0], users[0], "A", "better", qa_state=Comparison.QAState.REJECTED)
+    _label(extra[0], users[1], "B", "better")
+    _label(extra[1], users[0], "A", "better", is_gold=True, gold_correct=True)
+    _label(extra[1], users[1], "A", "better", is_gold=True, gold_correct=True)
+
+    expected = np.zeros((4, 8))
+    for i, labels in enumerate(plan):
+        for chosen, strength in labels:
+            expected[i, metrics.scale_index(chosen, strength)] += 1
+    result = agreement.batch_agreement(batch.pk, bootstrap=200)
+    assert result["items"] == 4 and result["labels"] == 12 + 1  # the lone label on extra[0] counts, alone
+    assert result["alpha"]["value"] == pytest.approx(metrics.krippendorff_alpha(expected))
+    assert result["ac2"]["value"] == pytest.approx(metrics.gwet_ac2(expected))
+    # Choice: tasks 0-2 have 1 agreeing pair of 3 (2 of 6 ordered), task 3 all 6: (2 + 2 + 2 + 6) / 24.
+    assert result["choice_agreement"]["value"] == pytest.approx(12 / 24)
+    by_user = {row["username"]: row for row in result["per_annotator"]}
+    # Users 0 and 1 agree with the other two's majority when it exists: on tasks 0-2 the others split 1-1
+    # (not judged), on task 3 they agree. User 2 sides against a 2-0 majority on tasks 0-2, with it on task 3.
+    assert by_user[users[0].username]["with_majority"]["value"] == 1.0
+    assert by_user[users[0].username]["judged"] == 1  # task 3 only: its label on extra[0] was rejected
+    assert by_user[users[1].username]["labels"] == 5 and by_user[users[1].username]["judged"] == 1
+    assert by_user[users[2].username]["with_majority"]["value"] == pytest.approx(1 / 4)
+    assert by_user[users[2].username]["judged"] == 4
+    buckets = {row["bucket"]: row["items"] for row in result["per_bucket"]}
+    assert buckets == {"better": 3, "slightly_better": 1}
+
+
+@pytest.mark.django_db
+def test_batch_with_overlap_one_says_why_there_is_no_number():
+    user = UserFactory()
+    batch = BatchFactory(overlap=1, annotators=[user])
+    _label(make_pairs(batch, 1)[0], user, "A", "better")
+    result = agreement.batch_agreement(batch.pk)
+    assert result["items"] == 0 and "overlap 1" in result["reason"] and "ac2" not in result
+
+
+@pytest.mark.django_db
+def test_safety_ratings_get_their_own_ac2():
+    users = [UserFactory() for _ in range(2)]
+    batch = BatchFactory(overlap=2, annotators=users, focus="safety")
+    tasks = make_pairs(batch, 3)
+    ratings = [((True, False), (True, False)), ((True, True), (True, False)), ((False, False), (False, False))]
+    for task, per_user in zip(tasks, ratings, strict=True):
+        for user, (a_safe, b_safe) in zip(users, per_user, strict=True):
+            _label(task, user, "A", "better", response_a_safe=a_safe, response_b_safe=b_safe)
+    result = agreement.batch_agreement(batch.pk, bootstrap=50)
+    # Items (safe, unsafe): A of each task (2,0), (2,0), (0,2); B of each (0,2), (1,1), (0,2).
+    items = np.array([[2, 0], [2, 0], [0, 2], [0, 2], [1, 1], [0, 2]])
+    assert result["safety_ac2"]["value"] == pytest.approx(metrics.gwet_ac2(items, "identity"))
