@@ -14,8 +14,9 @@ Every function takes ``counts``, an items x categories matrix: ``counts[i, k]`` 
 * ``pairwise_agreement(counts)``: the share of agreeing pairs of labels within items (raw agreement).
 * ``bootstrap(statistic, counts, ...)``: a percentile interval from resampling items.
 
-The paper reports Gwet's AC2 of 0.37 to 0.55 on helpfulness comparisons and 0.70 to 0.95 on safety ratings
-(Touvron et al. 2023, §A.5.2).
+The paper chose Gwet's AC1/AC2 as "the most stable metric" and reports AC2 of 0.37 to 0.55 on its human
+helpfulness comparisons (low for close pairs, high for clear ones) and 0.70 to 0.95 on safety ratings (average
+0.92) (Touvron et al. 2023, §3.4.2 and §4.4; see ``../shared/reference/llama2-protocol.md`` §6).
 """
 
 from __future__ import annotations
