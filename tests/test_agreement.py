@@ -178,3 +178,102 @@ def test_safety_ratings_get_their_own_ac2():
     # Items (safe, unsafe): A of each task (2,0), (2,0), (0,2); B of each (0,2), (1,1), (0,2).
     items = np.array([[2, 0], [2, 0], [0, 2], [0, 2], [1, 1], [0, 2]])
     assert result["safety_ac2"]["value"] == pytest.approx(metrics.gwet_ac2(items, "identity"))
+
+
+def test_ac1_matches_the_irrcac_vignettes_published_contingency_table():
+    # irrCAC (R) overview vignette, cont3x3abstractors (Gwet 2014): 100 subjects, 2 raters; published
+    # Gwet's AC1 0.8493305, percent agreement 0.89. Each cell (i, j) is that many items rated once i, once j.
+    table = np.array([[13, 0, 0], [0, 20, 7], [0, 4, 56]])
+    items = [np.bincount([i, j], minlength=3) for i in range(3) for j in range(3) for _ in range(table[i, j])]
+    counts = np.array(items)
+    assert metrics.gwet_ac2(counts, "identity") == pytest.approx(0.8493305, abs=1e-7)
+    assert metrics.pairwise_agreement(counts) == pytest.approx(0.89)
+
+
+def test_alpha_ordinal_by_hand():
+    # Items (2, 0, 0), (1, 1, 0), (0, 0, 3) and a single rating (not pairable): coincidences o00 = 2,
+    # o01 = o10 = 1, o22 = 3 * 2 / 2 = 3 -> marginals n = (3, 1, 3), N = 7. Ordinal distances from the
+    # marginals: d01 = (3 + 1 - 2)^2 = 4, d12 = (1 + 3 - 2)^2 = 4, d02 = (3 + 1 + 3 - 3)^2 = 16.
+    # alpha = 1 - (N - 1) sum(o d) / sum(n_c n_k d) = 1 - 6 * 8 / (2 * (3 * 4 + 3 * 4 + 9 * 16)) = 6/7.
+    counts = np.array([[2, 0, 0], [1, 1, 0], [0, 0, 3], [1, 0, 0]])
+    assert metrics.krippendorff_alpha(counts, "ordinal") == pytest.approx(6 / 7)
+
+
+def test_bootstrap_over_distinct_rows_equals_the_same_items_listed_in_any_order():
+    rng = np.random.default_rng(4)
+    counts = rng.multinomial(3, [0.4, 0.2, 0.1, 0.05, 0.05, 0.1, 0.05, 0.05], size=500)
+    shuffled = counts[rng.permutation(len(counts))]
+    assert metrics.bootstrap("ac2", counts, seed=3) == metrics.bootstrap("ac2", shuffled, seed=3)
+    low, high = metrics.bootstrap("ac2", counts, resamples=2000, seed=3)
+    # Against resampling the rows one by one (the definition), on the same items.
+    one_by_one = [metrics.gwet_ac2(counts[rng.integers(0, len(counts), len(counts))]) for _ in range(500)]
+    ref_low, ref_high = np.percentile(one_by_one, [2.5, 97.5])
+    assert low == pytest.approx(ref_low, abs=0.02) and high == pytest.approx(ref_high, abs=0.02)
+
+
+def _signed_label(task, user, index, **extra):
+    chosen = "A" if index < 4 else "B"
+    return _label(task, user, chosen, metrics.STRENGTHS[index if index < 4 else 7 - index], **extra)
+
+
+@pytest.mark.django_db
+def test_a_disagreeing_annotator_has_a_lower_agreement_with_the_majority():
+    users = [UserFactory(username=f"steady{i}") for i in range(3)] + [UserFactory(username="contrarian")]
+    batch = BatchFactory(overlap=4, annotators=users)
+    rng = np.random.default_rng(5)
+    for task in make_pairs(batch, 30):
+        truth = int(rng.integers(0, 2))
+        for user in users[:3]:
+            side = truth if rng.random() < 0.9 else 1 - truth
+            _signed_label(task, user, side * 4 + int(rng.integers(0, 4)))
+        _signed_label(task, users[3], (1 - truth) * 4 + int(rng.integers(0, 4)))  # always against the truth
+    rows = {row["username"]: row["with_majority"]
+            for row in agreement.batch_agreement(batch.pk, bootstrap=200)["per_annotator"]}
+    assert rows["contrarian"]["value"] < 0.2
+    assert all(rows[f"steady{i}"]["value"] > 0.7 for i in range(3))
+    assert rows["contrarian"]["high"] < min(rows[f"steady{i}"]["low"] for i in range(3))
+
+
+@pytest.mark.django_db
+def test_random_labels_in_the_database_agree_near_chance():
+    from django.db import connection
+
+    from tests.factories import bulk_comparisons
+
+    users = [UserFactory() for _ in range(3)]
+    batch = BatchFactory(overlap=3, annotators=users)
+    bulk_comparisons(batch, 600, annotators=users, prompt_chars=20, response_chars=20)
+    with connection.cursor() as cursor:  # bulk_comparisons' labels follow id parity: make them random
+        cursor.execute("SELECT setseed(0.25)")
+        cursor.execute(
+            "UPDATE annotation_comparison SET chosen = CASE WHEN random() < 0.5 THEN 'A' ELSE 'B' END, "
+            "strength = (ARRAY['significantly_better', 'better', 'slightly_better', 'negligibly_better'])"
+            "[1 + floor(random() * 4)::int] WHERE batch_id = %s", [batch.pk])
+    result = agreement.batch_agreement(batch.pk, bootstrap=200)
+    assert result["items"] == 600
+    assert abs(result["alpha"]["value"]) < 0.1 and abs(result["ac2"]["value"]) < 0.1
+    assert result["choice_agreement"]["value"] == pytest.approx(0.5, abs=0.05)
+    assert abs(result["ac2"]["low"]) < 0.1 and abs(result["ac2"]["high"]) < 0.1
+
+
+@pytest.mark.django_db
+def test_task_majority_share_sql_counts_only_the_counted_labels():
+    from django.db import connection
+
+    users = [UserFactory() for _ in range(3)]
+    batch = BatchFactory(overlap=3, annotators=users)
+    unanimous, split, with_excluded = make_pairs(batch, 3)
+    for user in users:
+        _label(unanimous, user, "A", "better")
+    for user, chosen in zip(users, "AAB", strict=True):
+        _label(split, user, chosen, "better")
+    _label(with_excluded, users[0], "B", "better")
+    _label(with_excluded, users[1], "B", "better")
+    _label(with_excluded, users[2], "A", "better", qa_state=Comparison.QAState.REJECTED)
+    Comparison.objects.create(task=with_excluded, annotator=None, source="imported", chosen="A", strength="",
+                              time_on_task=timedelta(0))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT t.id, {agreement.task_majority_share_sql('t')} FROM annotation_comparisontask t "
+                       "WHERE t.batch_id = %s", [batch.pk])
+        shares = dict(cursor.fetchall())
+    assert shares == {unanimous.pk: 1.0, split.pk: pytest.approx(2 / 3), with_excluded.pk: 1.0}

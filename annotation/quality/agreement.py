@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from django.contrib.auth import get_user_model
 from django.db import connection
 
 from annotation.models import AnnotationBatch
@@ -41,7 +42,7 @@ FROM (
            count(*) FILTER (WHERE c.chosen = 'B') OVER w - (c.chosen = 'B')::int AS other_b
     FROM annotation_comparison c WHERE {COUNTED}
     WINDOW w AS (PARTITION BY c.task_id)
-) x JOIN auth_user u ON u.id = x.annotator_id
+) x JOIN {{user_table}} u ON u.id = x.annotator_id
 GROUP BY x.annotator_id, u.username ORDER BY u.username
 """
 
@@ -58,10 +59,12 @@ def task_majority_share_sql(alias: str = "t") -> str:
     """SQL for the share of a task's counted labels that agree with its majority choice (1.0 for a task with one
     label, and 0.5 for an even split), for filters such as an export's minimum agreement. ``alias`` names the
     task table in the enclosing query."""
+    # The same labels as ``COUNTED`` (labels made here, not gold, not rejected, with a strength); NULL for a
+    # task with none of them.
     return f"""(SELECT greatest(count(*) FILTER (WHERE m.chosen = 'A'), count(*) FILTER (WHERE m.chosen = 'B'))::float
                 / nullif(count(*), 0)
                 FROM annotation_comparison m WHERE m.task_id = {alias}.id AND NOT m.is_gold
-                AND m.qa_state <> 'rejected')"""
+                AND m.qa_state <> 'rejected' AND m.annotator_id IS NOT NULL AND m.strength <> '')"""
 
 
 def label_counts(batch_id: int) -> np.ndarray:
@@ -130,7 +133,8 @@ def batch_agreement(batch_id: int, *, bootstrap: int = 1000, seed: int = 0) -> d
     ]
     rng = np.random.default_rng(seed)
     with connection.cursor() as cursor:
-        cursor.execute(_WITH_MAJORITY_SQL, {"batch": batch_id})
+        user_table = connection.ops.quote_name(get_user_model()._meta.db_table)
+        cursor.execute(_WITH_MAJORITY_SQL.replace("{user_table}", user_table), {"batch": batch_id})
         result["per_annotator"] = [
             {"annotator_id": annotator_id, "username": username, "labels": labels, "judged": judged,
              "with_majority": _proportion(agreed, judged, bootstrap, rng)}

@@ -12,7 +12,8 @@ Every function takes ``counts``, an items x categories matrix: ``counts[i, k]`` 
   ``CAC(...).gwet()`` computes. Gwet's ordinal weights depend on the number of categories: pass every
   category of the scale, observed or not (the reference does the same with ``categories=``).
 * ``pairwise_agreement(counts)``: the share of agreeing pairs of labels within items (raw agreement).
-* ``bootstrap(statistic, counts, ...)``: a percentile interval from resampling items.
+* ``bootstrap(statistic, counts, ...)``: a percentile interval from resampling items (exact multinomial
+  resampling over the distinct rows, all resamples at once).
 
 The paper chose Gwet's AC1/AC2 as "the most stable metric" and reports AC2 of 0.37 to 0.55 on its human
 helpfulness comparisons (low for close pairs, high for clear ones) and 0.70 to 0.95 on safety ratings (average
@@ -169,21 +170,26 @@ _STATISTICS = {
 def bootstrap(statistic: str, counts, *, resamples: int = 1000, seed: int = 0,
               level: float = 0.95) -> tuple[float, float] | tuple[None, None]:
     """A percentile interval for a statistic (a name of ``_STATISTICS``: pairwise, alpha, alpha_nominal, ac2,
-    ac1) by resampling the items, seeded. All resamples are computed together: each is a vector of item
-    weights, and the statistic's item terms are summed with them. The weights are Poisson(1) (the Poisson
-    bootstrap, Hanley & MacGibbon 2006: the large-sample limit of multinomial resampling, and ten times
-    faster to draw at 30k items). Resamples where the statistic is undefined are left out."""
+    ac1) by resampling the items with replacement, seeded. All resamples are computed together: each is a
+    vector of item weights, and the statistic's item terms are summed with them.
+
+    The items are first grouped into their distinct rows (a batch of 33k tasks with three labels on eight
+    categories has at most 120 distinct rows): drawing N items uniformly with replacement is drawing how many
+    times each distinct row comes up, Multinomial(N, multiplicity / N), so the resamples are exact and cost
+    (resamples x distinct rows), not (resamples x items). Resamples where the statistic is undefined are left
+    out."""
     terms, finish, keep_single = _STATISTICS[statistic]
     counts = _checked(counts, keep_single)
     if counts.shape[0] < 2 or resamples < 1:
         return (None, None)
-    item_terms = terms(counts)  # (U, K)
+    rows, multiplicity = np.unique(counts, axis=0, return_counts=True)
+    row_terms = terms(rows)  # (U, K)
     rng = np.random.default_rng(seed)
     values = []
-    for start in range(0, resamples, 64):
-        size = min(64, resamples - start)
-        weights = rng.poisson(1.0, size=(size, counts.shape[0])).astype(float)  # (R, U)
-        values.append(finish(weights @ item_terms, counts.shape[1]))
+    for start in range(0, resamples, 256):
+        size = min(256, resamples - start)
+        weights = rng.multinomial(counts.shape[0], multiplicity / counts.shape[0], size=size).astype(float)  # (R, U)
+        values.append(finish(weights @ row_terms, counts.shape[1]))
     values = np.concatenate(values)
     values = values[~np.isnan(values)]
     if values.size == 0:
