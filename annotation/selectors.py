@@ -83,7 +83,7 @@ def label_history(comparison: Comparison) -> list[ComparisonRevision]:
     """The earlier versions of a label, newest first, each with ``made_at``: when that version was made
     (the label's creation for the first, the change before it for later ones); ``changed_at`` is when it
     was replaced."""
-    revisions = list(comparison.revisions.order_by("changed_at", "pk"))
+    revisions = list(comparison.revisions.select_related("changed_by").order_by("changed_at", "pk"))
     made_at = comparison.created_at
     for revision in revisions:
         revision.made_at, made_at = made_at, revision.changed_at

@@ -2,6 +2,8 @@ from datetime import UTC
 
 import django_filters
 from django.core.exceptions import ValidationError
+from django.db.models import Count, FloatField, OuterRef, Q, Subquery
+from django.db.models.functions import Cast, Coalesce, Greatest
 from django_filters.fields import IsoDateTimeField
 
 from annotation.models import Comparison, Dialogue, Focus, PreferenceStrength, Prompt, Response, SafetyCategory
@@ -52,10 +54,32 @@ class ComparisonFilter(StrictFilterSet):
     annotator = django_filters.CharFilter(field_name="annotator__username")
     created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    qa_state = django_filters.MultipleChoiceFilter(choices=Comparison.QAState.choices)
+    min_agreement = django_filters.NumberFilter(
+        method="filter_min_agreement", min_value=0, max_value=1,
+        help_text="0 to 1: labels whose task's share of labels agreeing with its majority choice is at least this "
+                  "(gold checks and rejected labels not counted; a task with one label counts as 1.0).",
+    )
 
     class Meta:
         model = Comparison
         fields = []
+
+
+    def filter_min_agreement(self, queryset, name, value):
+        return queryset.filter(pk__in=agreeing_comparisons(float(value)))
+
+
+def agreeing_comparisons(min_agreement: float):
+    """Ids of labels whose task's majority share (non-gold, non-rejected labels) is at least ``min_agreement``."""
+    counted = Comparison.objects.filter(task=OuterRef("task"), is_gold=False).exclude(
+        qa_state=Comparison.QAState.REJECTED).order_by().values("task")
+    share = counted.annotate(
+        share=Cast(Greatest(Count("pk", filter=Q(chosen="A")), Count("pk", filter=Q(chosen="B"))), FloatField())
+        / Cast(Count("pk"), FloatField())
+    ).values("share")
+    return Comparison.objects.annotate(agreement=Coalesce(Subquery(share), 1.0)).filter(
+        agreement__gte=min_agreement).values("pk")
 
 
 class DialogueFilter(StrictFilterSet):

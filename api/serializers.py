@@ -107,7 +107,8 @@ class ComparisonSerializer(serializers.ModelSerializer):
         model = Comparison
         fields = ["id", "task", "batch", "annotator", "source", "chosen", "chosen_slot", "shown_order", "strength",
                   "response_a_safe", "response_b_safe", "safety_category", "note", "time_on_task_seconds",
-                  "idempotency_key", "created_at", "updated_at"]
+                  "idempotency_key", "qa_state", "created_at", "updated_at"]
+        read_only_fields = ["qa_state"]
 
     @extend_schema_field(serializers.ChoiceField(choices=LETTERS))
     def get_chosen(self, comparison):
@@ -128,6 +129,29 @@ class ComparisonSerializer(serializers.ModelSerializer):
     @extend_schema_field(serializers.FloatField())
     def get_time_on_task_seconds(self, comparison):
         return comparison.time_on_task.total_seconds() if comparison.time_on_task is not None else None
+
+
+class ReviewInputSerializer(serializers.Serializer):
+    """A reviewer's action on a label: ``approve``, ``reject`` (with ``reason``) or ``correct`` (with the label in
+    the letters shown, as ``ComparisonInputSerializer``)."""
+
+    action = serializers.ChoiceField(choices=["approve", "reject", "correct"])
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+    chosen = serializers.ChoiceField(choices=LETTERS, required=False, allow_null=True, default=None)
+    strength = serializers.ChoiceField(choices=PreferenceStrength.choices, required=False, allow_null=True,
+                                       default=None)
+    response_a_safe = serializers.BooleanField(required=False, allow_null=True, default=None)
+    response_b_safe = serializers.BooleanField(required=False, allow_null=True, default=None)
+
+
+class ReviewActionSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    comparison = serializers.IntegerField(source="comparison_id")
+    action = serializers.CharField()
+    reason = serializers.CharField()
+    reviewer = serializers.CharField(source="reviewer.username")
+    qa_state = serializers.CharField(source="comparison.qa_state")
+    created_at = serializers.DateTimeField()
 
 
 class PromptInputSerializer(serializers.Serializer):

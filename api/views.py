@@ -8,7 +8,7 @@ import itertools
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection
 from django.db.models import Q
-from django.http import StreamingHttpResponse
+from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from annotation import imports, selectors, services
 from annotation.models import AnnotationBatch, Comparison, Dialogue, Focus, PolicyCheckpoint, PreferenceStrength, Prompt
 from annotation.models import Response as ModelResponse
+from annotation.services import review as review_service
 from api import filters
 from api.errors import error_response
 from api.permissions import CanExport, CanImport, CanScore, IsReviewerOrStaff, IsStaff
@@ -38,6 +39,8 @@ from api.serializers import (
     PromptInputSerializer,
     PromptSerializer,
     ResponseSerializer,
+    ReviewActionSerializer,
+    ReviewInputSerializer,
     RewardModelRunSerializer,
     RLHFRoundCreateSerializer,
     RLHFRoundSerializer,
@@ -226,6 +229,32 @@ class ComparisonViewSet(ScopedViewSet):
         if user.is_staff:
             return qs
         return qs.filter(Q(annotator=user) | Q(task__batch__reviewers=user)).distinct()
+
+    @extend_schema(request=ReviewInputSerializer, responses={200: ReviewActionSerializer, 400: ERROR, 403: ERROR,
+                                                             404: ERROR})
+    @action(detail=True, methods=["post"], filter_backends=[], pagination_class=None)
+    def review(self, request: Request, pk=None) -> Response:
+        """Approve, reject (reason required) or correct a label; staff and the batch's reviewers, never on one's
+        own label or a gold check. Approving an approved label again returns the first action."""
+        body = ReviewInputSerializer(data=request.data)
+        if not body.is_valid():
+            raise serializers.ValidationError(_flat_errors(body.errors))
+        data = body.validated_data
+        if not str(pk).isdigit():
+            raise Http404
+        comparison_id = int(pk)
+        if data["action"] == "approve":
+            done = review_service.approve(request.user, comparison_id)
+        elif data["action"] == "reject":
+            done = review_service.reject(request.user, comparison_id, data["reason"])
+        else:
+            task = Comparison.objects.select_related("task").filter(pk=comparison_id).first()
+            if task is None:
+                raise Http404
+            label = services.LabelInput.as_shown(task.task, chosen=data["chosen"], strength=data["strength"],
+                                                 a_safe=data["response_a_safe"], b_safe=data["response_b_safe"])
+            done = review_service.correct(request.user, comparison_id, label, data["reason"])
+        return Response(ReviewActionSerializer(done).data)
 
 
 @extend_schema(tags=["resources"])

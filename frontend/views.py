@@ -12,7 +12,7 @@ from pathlib import Path
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import cache_control, never_cache
@@ -27,6 +27,7 @@ from annotation.models import (
     PreferenceStrength,
     RiskCategory,
 )
+from annotation.quality import review_queue
 
 FAVICON = Path(__file__).resolve().parent / "static" / "frontend" / "favicon.ico"
 
@@ -310,17 +311,89 @@ def edit_label(request: HtmxHttpRequest, comparison_id: int) -> HttpResponse:
         values = {**values.dict(), "chosen": comparison.chosen}  # a refused flip shows the saved choice again
     context = _task_context(task, errors=errors, values=values)
     context.update({"comparison": comparison, "revisions": selectors.label_history(comparison),
-                    "choice_fixed": choice_fixed})
+                    "reviews": comparison.reviews.select_related("reviewer"), "choice_fixed": choice_fixed})
     return render(request, "frontend/edit_label.html", context)
 
 
 @login_required
 @require_GET
-def review(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
+def review_list(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
+    """The batch's labels as a plain table (the newest 500)."""
     batch = selectors.get_batch_for_reviewer(request.user, batch_id)
     comparisons = selectors.comparisons_for_reviewer(request.user, batch)[:500]
-    return render(request, "frontend/review.html", {"batch": batch, "comparisons": comparisons,
-                                                    "Comparison": Comparison})
+    return render(request, "frontend/review_list.html", {"batch": batch, "comparisons": comparisons,
+                                                         "Comparison": Comparison})
+
+
+def _review_state(value: str | None) -> str:
+    return value if value in Comparison.QAState.values else Comparison.QAState.PENDING
+
+
+def _review_context(request: HtmxHttpRequest, batch, state: str, pos: int, errors=None) -> dict:
+    items = review_queue.queue(request.user, batch, state)
+    counts = review_queue.counts(request.user, batch, state)
+    pos = max(0, min(pos, counts["total"] - 1)) if counts["total"] else 0
+    item = items[pos] if counts["total"] else None
+    context = {"batch": batch, "state": state, "pos": pos, "counts": counts, "item": item, "errors": errors or {},
+               "states": Comparison.QAState.choices, "strengths": STRENGTH_KEYS}
+    if item is not None:
+        context.update(_task_context(item.task))
+        context.update({"batch": batch, "reason": review_queue.reason(item), "history": review_queue.history(item),
+                        "own": item.annotator_id == request.user.pk})
+    return context
+
+
+@login_required
+@require_GET
+def review(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
+    """The reviewer queue: one label at a time, flagged, disagreeing and sampled ones first."""
+    batch = selectors.get_batch_for_reviewer(request.user, batch_id)
+    try:
+        pos = int(request.GET.get("pos", 0))
+    except ValueError:
+        pos = 0
+    context = _review_context(request, batch, _review_state(request.GET.get("state")), pos)
+    if request.htmx:
+        return render(request, "frontend/review.html#item", context)
+    return render(request, "frontend/review.html", context)
+
+
+@login_required
+@require_POST
+def review_action(request: HtmxHttpRequest, comparison_id: int) -> HttpResponse:
+    """Approve, reject or correct a label, then show the queue's next item."""
+    from annotation.services import review as review_service
+
+    comparison = Comparison.objects.select_related("task__batch").filter(pk=comparison_id).first()
+    if comparison is None:
+        raise Http404("No such label.")
+    batch = selectors.get_batch_for_reviewer(request.user, comparison.batch_id)
+    state = _review_state(request.POST.get("state"))
+    try:
+        pos = int(request.POST.get("pos", 0))
+    except ValueError:
+        pos = 0
+    action = request.POST.get("action")
+    errors: dict = {}
+    try:
+        if action == "approve":
+            review_service.approve(request.user, comparison.pk)
+        elif action == "reject":
+            review_service.reject(request.user, comparison.pk, request.POST.get("reason", ""))
+        elif action == "correct":
+            review_service.correct(request.user, comparison.pk, _label_from_post(request),
+                                   request.POST.get("reason", ""))
+        else:
+            errors = {"action": ["Choose approve, reject or correct."]}
+    except ValidationError as exc:
+        errors = exc.message_dict
+    if not errors and state != Comparison.QAState.PENDING:
+        pos += 1  # looking back: the acted-on label may stay in this state's list
+    if not request.htmx and not errors:
+        return redirect(f"{reverse('frontend:review', args=[batch.pk])}?state={state}&pos={pos}")
+    context = _review_context(request, batch, state, pos, errors)
+    template = "frontend/review.html#item" if request.htmx else "frontend/review.html"
+    return render(request, template, context, status=400 if errors else 200)
 
 
 NEW_TOKEN_SESSION_KEY = "ladder_new_api_token"

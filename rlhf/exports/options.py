@@ -10,7 +10,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from annotation.models import Focus, PreferenceStrength
+from annotation.models import Comparison, Focus, PreferenceStrength
 
 SPLITS = ("train", "test")
 MARGINS: dict[str, dict[str, float]] = {
@@ -35,8 +35,10 @@ COLUMNS = (
     "prompt", "chosen", "rejected", "margin", "strength", "focus", "safety_category", "chosen_safe",
     "rejected_safe", "chosen_slot", "shown_order", "source", "batch", "split", "annotator", "chosen_checkpoint",
     "rejected_checkpoint", "chosen_generator", "rejected_generator",
-    "chosen_temperature", "rejected_temperature", "comparison_id", "created_at",
+    "chosen_temperature", "rejected_temperature", "comparison_id", "created_at", "qa_state",
 )
+# Rejected labels never leave the platform: they cannot be asked for.
+QA_STATES = tuple(s for s in Comparison.QAState.values if s != Comparison.QAState.REJECTED)
 FETCH_ROWS = 2_000  # rows per FETCH from the server-side cursor, and per JSONL chunk
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
@@ -56,6 +58,10 @@ class ExportOptions:
     include_flagged: bool = False
     preset: str | None = None
     seed: int = 0
+    qa_state: tuple[str, ...] = QA_STATES
+    # Keep labels whose task's share of labels agreeing with the task's majority choice is at least this; a task
+    # with one label counts as agreement 1.0 (None: no filter). A tie (1 of 2 each way) is agreement 0.5.
+    min_agreement: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("focus", "sources", "split", "margin", "preset"):
@@ -90,6 +96,18 @@ class ExportOptions:
                                  "leave out focus and sources.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer; got {self.seed!r}.")
+        if not isinstance(self.qa_state, tuple) or not self.qa_state:
+            raise ValueError(f"qa_state must be one or more of {', '.join(QA_STATES)}; got {self.qa_state!r}.")
+        if Comparison.QAState.REJECTED in self.qa_state:
+            raise ValueError("qa_state cannot include rejected: rejected labels are never exported.")
+        bad = [s for s in self.qa_state if s not in QA_STATES]
+        if bad:
+            raise ValueError(f"qa_state must be among {', '.join(QA_STATES)}; got {', '.join(map(repr, bad))}.")
+        if self.min_agreement is not None and (
+            isinstance(self.min_agreement, bool) or not isinstance(self.min_agreement, int | float)
+            or not 0.0 <= self.min_agreement <= 1.0
+        ):
+            raise ValueError(f"min_agreement must be a number from 0 to 1; got {self.min_agreement!r}.")
 
     @classmethod
     def allowed_params(cls) -> tuple[str, ...]:
@@ -157,6 +175,13 @@ class ExportOptions:
                 kwargs["seed"] = int(seed)
             except ValueError:
                 raise ValueError(f"seed must be an integer; got {seed!r}.") from None
+        if states := listed("qa_state"):
+            kwargs["qa_state"] = tuple(dict.fromkeys(states))
+        if (agreement := scalar("min_agreement")) is not None:
+            try:
+                kwargs["min_agreement"] = float(agreement)
+            except ValueError:
+                raise ValueError(f"min_agreement must be a number from 0 to 1; got {agreement!r}.") from None
         return cls(**kwargs)
 
 

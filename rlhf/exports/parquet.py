@@ -22,7 +22,7 @@ def parquet_schema(options: ExportOptions):
         "rejected_checkpoint": pa.string(), "chosen_generator": pa.string(), "rejected_generator": pa.string(),
         "chosen_temperature": pa.float64(), "rejected_temperature": pa.float64(),
         "comparison_id": pa.int64(), "created_at": pa.string(),
-        "chosen_slot": pa.string(), "shown_order": pa.string(),
+        "chosen_slot": pa.string(), "shown_order": pa.string(), "qa_state": pa.string(),
     }
     return pa.schema([(name, types[name]) for name in COLUMNS if name != "margin" or options.margin != "none"])
 

@@ -54,7 +54,7 @@ def _columns(block: list[tuple], margins: dict[str, float] | None,
     (prompt, chosen, rejected, strength, focus, category, chosen_safe, rejected_safe, chosen_slot, shown_order,
      source, batch, is_test, annotator_id, chosen_ckpt, rejected_ckpt, chosen_gen, rejected_gen, chosen_temp,
      rejected_temp, pk,
-     created_at) = zip(*block, strict=True)
+     created_at, qa_state) = zip(*block, strict=True)
     columns: dict[str, Sequence[Any]] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     if margins is not None:
         columns["margin"] = [margins.get(s, 0.0) for s in strength]
@@ -65,7 +65,7 @@ def _columns(block: list[tuple], margins: dict[str, float] | None,
         annotator=[pseudonym(a) for a in annotator_id], chosen_checkpoint=chosen_ckpt,
         rejected_checkpoint=rejected_ckpt, chosen_generator=chosen_gen, rejected_generator=rejected_gen,
         chosen_temperature=chosen_temp,
-        rejected_temperature=rejected_temp, comparison_id=pk, created_at=created_at,
+        rejected_temperature=rejected_temp, comparison_id=pk, created_at=created_at, qa_state=qa_state,
     )
     return columns
 

@@ -86,7 +86,8 @@ SELECT
     CASE WHEN c.chosen = 'A' THEN rb.temperature ELSE ra.temperature END,
     c.id,
     -- ISO 8601 in UTC, always with microseconds: cheaper here than parsing and reformatting in Python.
-    to_char(c.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')""" + _FROM + """
+    to_char(c.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+    c.qa_state""" + _FROM + """
 JOIN annotation_response ra ON ra.id = t.response_a_id
 JOIN annotation_response rb ON rb.id = t.response_b_id
 LEFT JOIN annotation_policycheckpoint ka ON ka.id = ra.checkpoint_id
@@ -128,6 +129,16 @@ def _selection(options: ExportOptions) -> tuple[str, str, dict[str, Any]]:
     # Gold checks are never data (and never move the split); rejected labels never leave the platform.
     where.append("NOT c.is_gold")
     where.append("c.qa_state <> 'rejected'")
+    params["qa_states"] = list(options.qa_state)
+    where.append("c.qa_state = ANY(%(qa_states)s)")
+    if options.min_agreement is not None:
+        # The task's labels (non-gold, not rejected) agreeing with its majority choice, over all of them; one
+        # label is agreement 1.0.
+        params["min_agreement"] = options.min_agreement
+        where.append("""(SELECT greatest(count(*) FILTER (WHERE o.chosen = 'A'), count(*) FILTER (WHERE o.chosen = 'B'))
+                 ::float / count(*)
+            FROM annotation_comparison o
+            WHERE o.task_id = c.task_id AND NOT o.is_gold AND o.qa_state <> 'rejected') >= %(min_agreement)s""")
     ctes = [_HELDOUT.format(batch_filter="WHERE NOT c.is_gold"
                             + (" AND t.batch_id = ANY(%(batches)s)" if options.batches else ""))]
     condition = " AND ".join(where) or "true"

@@ -34,6 +34,12 @@ class Command(BaseCommand):
                             help="keep chosen-unsafe/rejected-safe comparisons (left out by default, paper §3.2.1)")
         parser.add_argument("--preset", help=f"data mix of §3.2.2: {' or '.join(exports.PRESETS)}")
         parser.add_argument("--seed", default="0", help="seed of a preset's sampling (default 0)")
+        parser.add_argument("--qa-state", dest="qa_state",
+                            help="comma-separated review states to include: pending, approved, corrected "
+                                 "(default all three; rejected labels are never exported)")
+        parser.add_argument("--min-agreement", dest="min_agreement",
+                            help="0 to 1: keep labels whose task's share agreeing with its majority is at least "
+                                 "this (a task with one label counts as 1.0)")
 
     def handle(self, *args, **options):
         fmt = options["format"]
@@ -43,7 +49,8 @@ class Command(BaseCommand):
         if not out.parent.is_dir():
             raise CommandError(f"--out: the folder {out.parent} does not exist.")
         params = {name: options[name] for name in ("batches", "focus", "since", "until", "split", "margin",
-                                                   "preset", "seed") if options[name] is not None}
+                                                   "preset", "seed", "qa_state", "min_agreement")
+                  if options[name] is not None}
         if options["sources"]:
             params["sources"] = ",".join(options["sources"])
         if options["include_flagged"]:
