@@ -140,6 +140,7 @@ def test_a_helpfulness_row_has_every_column_with_the_chosen_slot_first(data):
         "rejected_temperature": 1.0,
         "comparison_id": comparison.pk,
         "created_at": comparison.created_at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "qa_state": "pending",
     }
     assert datetime.fromisoformat(row["created_at"]) == comparison.created_at
 

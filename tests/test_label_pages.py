@@ -125,7 +125,7 @@ def test_history_entries_say_when_the_old_label_was_made_and_when_it_was_replace
     shown_b = "B" if task.shown_order == "AB" else "A"
     shown_a = "A" if task.shown_order == "AB" else "B"
     assert entries == [
-        f"Made {local(first_change):{fmt}}, replaced {local(newest.changed_at):{fmt}}: response {shown_b}, "
+        f"Made {local(first_change):{fmt}}, replaced {local(newest.changed_at):{fmt}} by alice: response {shown_b}, "
         "slightly better",
-        f"Made {local(made):{fmt}}, replaced {local(first_change):{fmt}}: response {shown_a}, better",
+        f"Made {local(made):{fmt}}, replaced {local(first_change):{fmt}} by alice: response {shown_a}, better",
     ]

@@ -12,6 +12,7 @@ unchanged)::
     strength, focus, safety_category, chosen_safe, rejected_safe, source, batch, split, annotator,
     chosen_checkpoint, rejected_checkpoint, chosen_generator, rejected_generator, chosen_temperature,
     rejected_temperature, comparison_id, created_at (ISO 8601)
+    qa_state    "pending", "approved" or "corrected": the label's review (rejected labels are never exported)
     chosen_slot "A" or "B": the stored slot (response A or B of the task) the chosen response is in
     shown_order "AB" or "BA": the slots left to right as the annotator saw them ("BA": slot B was shown
                 left, as letter A); the letter chosen follows from the two
@@ -43,7 +44,12 @@ Rules followed:
   from closed batches. A queue dialogue that an annotator continues is copied into a new dialogue
   (``annotation.services.continue_dialogue``) that records its ``root``, so the copy, which shares the
   original's prefix, always lands in the original's split.
-* Filters (batches, focus, sources, since <= created_at < until, split, flagged) apply first; a preset
+* Gold checks and rejected labels are never exported. ``qa_state`` picks review states (default pending,
+  approved and corrected; asking for rejected is a ``ValueError``). ``min_agreement`` keeps labels whose
+  task's agreement (the share of its non-gold, non-rejected labels that made the majority choice) is at
+  least the value; a task with one label has agreement 1.0, a 1-1 tie 0.5.
+* Filters (batches, focus, sources, since <= created_at < until, split, flagged, qa_state, min_agreement)
+  apply first; a preset
   then mixes the filtered rows (§3.2.2). With H = Ladder helpfulness comparisons (source "ladder", batch
   focus helpfulness), S = Ladder safety comparisons, O = imported comparisons (source != "ladder"),
   O_harmless = imported ones whose source contains "harmless" (case-insensitive; Anthropic Harmless) and
