@@ -330,10 +330,7 @@ def _review_state(value: str | None) -> str:
 
 
 def _review_context(request: HtmxHttpRequest, batch, state: str, pos: int, errors=None) -> dict:
-    items = review_queue.queue(request.user, batch, state)
-    counts = review_queue.counts(request.user, batch, state)
-    pos = max(0, min(pos, counts["total"] - 1)) if counts["total"] else 0
-    item = items[pos] if counts["total"] else None
+    item, pos, counts = review_queue.item_at(request.user, batch, state, pos)
     context = {"batch": batch, "state": state, "pos": pos, "counts": counts, "item": item, "errors": errors or {},
                "states": Comparison.QAState.choices, "strengths": STRENGTH_KEYS}
     if item is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, transaction
 from django.db.models import (
     BooleanField,
     Case,
@@ -87,6 +88,18 @@ def counts(user: AbstractBaseUser, batch: AnnotationBatch, state: str = Comparis
         result[CATEGORY_NAMES[row["category"]]] = row["n"]
     result["total"] = sum(result.values())
     return result
+
+
+def item_at(user: AbstractBaseUser, batch: AnnotationBatch, state: str, pos: int
+            ) -> tuple[Comparison | None, int, dict[str, int]]:
+    """The queue's item at ``pos`` (clamped into the queue), that position and the counts. Read with JIT off:
+    at 100k labels PostgreSQL spent 1.5 s of 2 s compiling a plan it then runs once."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL jit = off")
+        totals = counts(user, batch, state)
+        pos = max(0, min(pos, totals["total"] - 1))
+        item = queue(user, batch, state)[pos:pos + 1].first() if totals["total"] else None
+    return item, pos, totals
 
 
 def reason(item: Comparison) -> str:

@@ -17,9 +17,15 @@
     const f = document.getElementById("correct-form");
     if (f) f.classList.remove("active");
   }
+  // htmx gives focus back to an element with the same id after a swap: blurring before the swap makes a new
+  // item start with no field focused, so the next key is a command, not text in the next reason field.
+  document.addEventListener("htmx:beforeSwap", function () {
+    const active = document.activeElement;
+    if (active && active.closest && active.closest("#review")) active.blur();
+  });
   document.addEventListener("htmx:afterSwap", reset);
 
-  document.addEventListener("keydown", function (event) {
+  function onKey(event) {
     const target = event.target;
     const it = item();
     if (!it) return;
@@ -65,5 +71,11 @@
     } else if (key === "k") {
       event.preventDefault(); go(it.dataset.prev);
     }
-  });
+  }
+
+  // Keys only once htmx has bound the forms (its DOMContentLoaded handler runs before this one): a key pressed
+  // earlier would submit a form natively and reload the page.
+  function listen() { document.addEventListener("keydown", onKey); }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", listen);
+  else listen();
 })();
