@@ -390,7 +390,8 @@ def review_action(request: HtmxHttpRequest, comparison_id: int) -> HttpResponse:
         return redirect(f"{reverse('frontend:review', args=[batch.pk])}?state={state}&pos={pos}")
     context = _review_context(request, batch, state, pos, errors)
     template = "frontend/review.html#item" if request.htmx else "frontend/review.html"
-    return render(request, template, context, status=400 if errors else 200)
+    # htmx swaps only 2xx responses: the errors come back in the item with 200; a plain form post gets a 400.
+    return render(request, template, context, status=400 if errors and not request.htmx else 200)
 
 
 NEW_TOKEN_SESSION_KEY = "ladder_new_api_token"
