@@ -2,11 +2,21 @@ from datetime import UTC
 
 import django_filters
 from django.core.exceptions import ValidationError
-from django.db.models import Count, FloatField, OuterRef, Q, Subquery
-from django.db.models.functions import Cast, Coalesce, Greatest
+from django.db.models import FloatField
+from django.db.models.expressions import RawSQL
 from django_filters.fields import IsoDateTimeField
 
-from annotation.models import Comparison, Dialogue, Focus, PreferenceStrength, Prompt, Response, SafetyCategory
+from annotation.models import (
+    Comparison,
+    ComparisonTask,
+    Dialogue,
+    Focus,
+    PreferenceStrength,
+    Prompt,
+    Response,
+    SafetyCategory,
+)
+from annotation.quality.agreement import task_majority_share_sql
 
 
 class StrictFilterSet(django_filters.FilterSet):
@@ -67,19 +77,15 @@ class ComparisonFilter(StrictFilterSet):
 
 
     def filter_min_agreement(self, queryset, name, value):
-        return queryset.filter(pk__in=agreeing_comparisons(float(value)))
+        return queryset.filter(task__in=agreeing_comparisons(float(value)))
 
 
 def agreeing_comparisons(min_agreement: float):
-    """Ids of labels whose task's majority share (non-gold, non-rejected labels) is at least ``min_agreement``."""
-    counted = Comparison.objects.filter(task=OuterRef("task"), is_gold=False).exclude(
-        qa_state=Comparison.QAState.REJECTED).order_by().values("task")
-    share = counted.annotate(
-        share=Cast(Greatest(Count("pk", filter=Q(chosen="A")), Count("pk", filter=Q(chosen="B"))), FloatField())
-        / Cast(Count("pk"), FloatField())
-    ).values("share")
-    return Comparison.objects.annotate(agreement=Coalesce(Subquery(share), 1.0)).filter(
-        agreement__gte=min_agreement).values("pk")
+    """Ids of the tasks whose share of labels agreeing with the majority choice is at least ``min_agreement``
+    (the labels the agreement statistics count; a task with one label, or none counted, passes)."""
+    share = RawSQL(f"coalesce({task_majority_share_sql('annotation_comparisontask')}, 1.0)", (),
+                   output_field=FloatField())
+    return ComparisonTask.objects.annotate(agreement=share).filter(agreement__gte=min_agreement).values("pk")
 
 
 class DialogueFilter(StrictFilterSet):

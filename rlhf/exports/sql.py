@@ -7,6 +7,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from annotation.models import SafetyCategory
+from annotation.quality.agreement import task_majority_share_sql
 from rlhf.exports.options import ExportOptions
 
 # The test split: per batch, whole dialogues in the order of md5(batch_id || ':' || dialogue_id), in byte order
@@ -132,13 +133,10 @@ def _selection(options: ExportOptions) -> tuple[str, str, dict[str, Any]]:
     params["qa_states"] = list(options.qa_state)
     where.append("c.qa_state = ANY(%(qa_states)s)")
     if options.min_agreement is not None:
-        # The task's labels (non-gold, not rejected) agreeing with its majority choice, over all of them; one
-        # label is agreement 1.0.
+        # The task's share agreeing with its majority (the labels the agreement statistics count); a task with
+        # one label is 1.0, and a task with no counted label (imported data) passes.
         params["min_agreement"] = options.min_agreement
-        where.append("""(SELECT greatest(count(*) FILTER (WHERE o.chosen = 'A'), count(*) FILTER (WHERE o.chosen = 'B'))
-                 ::float / count(*)
-            FROM annotation_comparison o
-            WHERE o.task_id = c.task_id AND NOT o.is_gold AND o.qa_state <> 'rejected') >= %(min_agreement)s""")
+        where.append(f"coalesce({task_majority_share_sql('t')}, 1.0) >= %(min_agreement)s")
     ctes = [_HELDOUT.format(batch_filter="WHERE NOT c.is_gold"
                             + (" AND t.batch_id = ANY(%(batches)s)" if options.batches else ""))]
     condition = " AND ".join(where) or "true"
