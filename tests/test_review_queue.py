@@ -327,3 +327,18 @@ def test_an_htmx_action_swaps_in_the_next_item(world):
     html = response.content.decode()
     assert response.status_code == 200 and "<html" not in html
     assert f'data-comparison="{world["c"]["t0u1"].pk}"' in html and "5 pending left" in html
+
+
+def test_the_export_command_takes_qa_state_and_min_agreement(world, tmp_path):
+    from django.core.management import CommandError, call_command
+
+    review.approve(world["rev"], world["c"]["t1u1"].pk)
+    out = tmp_path / "approved.jsonl"
+    call_command("export_preferences", "--format", "jsonl", "--out", str(out), "--batches", str(world["batch"].pk),
+                 "--qa-state", "approved")
+    assert [json.loads(line)["comparison_id"] for line in out.read_text().splitlines()] == [world["c"]["t1u1"].pk]
+    call_command("export_preferences", "--format", "jsonl", "--out", str(out), "--batches", str(world["batch"].pk),
+                 "--min-agreement", "0.7")
+    assert len(out.read_text().splitlines()) == 3
+    with pytest.raises(CommandError, match="never exported"):
+        call_command("export_preferences", "--format", "jsonl", "--out", str(out), "--qa-state", "rejected")
