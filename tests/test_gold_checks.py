@@ -53,7 +53,7 @@ def test_a_gold_serving_has_the_same_json_as_an_ordinary_task_and_the_next_id(se
     alice, batch = setup["alice"], setup["batch"]
     client = APIClient()
     client.force_login(alice)
-    url = f"/api/batches/{batch.pk}/next-task/"
+    url = f"/api/v1/batches/{batch.pk}/next-task/"
     ordinary = client.post(url).json()
     assert ComparisonTask.objects.get(pk=ordinary["id"]).gold_item_id is None
     submit(alice, Assignment.objects.get(task_id=ordinary["id"]))

@@ -82,7 +82,7 @@ def build_gold_items(batch: AnnotationBatch, n: int, seed: int = 0) -> list[Gold
 def serve_gold(user: AbstractBaseUser, batch: AnnotationBatch, now) -> Assignment | None:
     """Inside a claim that found an ordinary task for this annotator (so the queue is not empty): with
     probability ``batch.gold_rate``, serve an active gold item they were never served as a fresh task leased to
-    them. Returns the lease, or None to lease the ordinary task. Five inserts and two reads."""
+    them. Returns the lease, or None to lease the ordinary task. One read and five inserts."""
     if batch.gold_rate <= 0 or _rng.random() >= batch.gold_rate:
         return None
     served = Assignment.objects.filter(annotator=user, task__gold_item=OuterRef("pk"))
@@ -90,8 +90,8 @@ def serve_gold(user: AbstractBaseUser, batch: AnnotationBatch, now) -> Assignmen
             .order_by("id").first())
     if item is None:
         return None
-    source = Dialogue.objects.filter(tasks=item.source_task_id).values_list("source", flat=True).first()
-    dialogue = Dialogue.objects.create(batch=batch, source=source or "gold", is_safety=batch.is_safety)
+    # The dialogue's source is not shown to annotators (API or page); "gold" tells admins what it is.
+    dialogue = Dialogue.objects.create(batch=batch, source="gold", is_safety=batch.is_safety)
     Turn.objects.bulk_create(Turn(dialogue=dialogue, index=i, role=m["role"], content=m["content"])
                              for i, m in enumerate(item.messages))
     k = len(item.messages)
