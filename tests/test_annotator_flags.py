@@ -149,3 +149,20 @@ def test_the_celery_task_evaluates_and_the_submit_schedules_it_every_fifth_label
 @pytest.mark.parametrize(("k", "n"), [(0, 1), (3, 10), (5, 10), (20, 20), (31, 40), (480, 1000), (12, 100)])
 def test_the_binomial_test_matches_scipy(k, n):
     assert binomial_two_sided_p(k, n) == pytest.approx(binomtest(k, n, 0.5).pvalue, rel=1e-9)
+
+
+def test_the_admin_lifts_flags_and_marks_gold_with_actions(batch, admin_client):
+    from django.urls import reverse
+
+    careless = annotator(batch)
+    script(careless, batch, 25, careless=True)
+    flags = services.evaluate_annotator(careless.pk, batch.pk)
+    listing = admin_client.get(reverse("admin:annotation_annotatorflag_changelist")).content.decode()
+    assert "Chose the left response 25 of 25 times" in listing
+    admin_client.post(reverse("admin:annotation_annotatorflag_changelist"),
+                      {"action": "lift", "_selected_action": [f.pk for f in flags]})
+    assert not services.is_paused(careless, batch)
+    task = ComparisonTask.objects.filter(batch=batch, gold_item__isnull=True).first()
+    admin_client.post(reverse("admin:annotation_comparisontask_changelist"),
+                      {"action": "mark_gold_b", "_selected_action": [task.pk]})
+    assert batch.gold_items.get(source_task=task).answer == "B"
