@@ -3,15 +3,18 @@ annotator, date), search, and read-only label history."""
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
 
 from annotation import checkpoints, services
 from annotation.models import (
     AnnotationBatch,
+    AnnotatorFlag,
     Assignment,
     Comparison,
     ComparisonRevision,
     ComparisonTask,
     Dialogue,
+    GoldItem,
     PolicyCheckpoint,
     Prompt,
     Response,
@@ -107,7 +110,66 @@ class ComparisonTaskAdmin(LadderAdmin):
     list_display = ["id", "batch", "dialogue", "turn_index", "status", "shown_order", "owner", "created_at"]
     list_filter = ["batch", "batch__focus", "status", "created_at"]
     search_fields = ["dialogue__turns__content", "id"]
-    raw_id_fields = ["dialogue", "response_a", "response_b", "owner"]
+    raw_id_fields = ["dialogue", "response_a", "response_b", "owner", "gold_item"]
+    actions = ["mark_gold_a", "mark_gold_b"]
+
+    def _mark_gold(self, request, queryset, answer):
+        done = 0
+        for task in queryset:
+            try:
+                services.mark_gold(request.user, task.pk, answer)
+                done += 1
+            except (PermissionDenied, ValidationError) as exc:
+                self.message_user(request, f"Task {task.pk}: {' '.join(getattr(exc, 'messages', [str(exc)]))}",
+                                  messages.ERROR)
+        if done:
+            self.message_user(request, f"{done} task(s) marked as gold (answer {answer}).", messages.SUCCESS)
+
+    @admin.action(description="Mark as gold (answer A: slot A is better)")
+    def mark_gold_a(self, request, queryset):
+        self._mark_gold(request, queryset, "A")
+
+    @admin.action(description="Mark as gold (answer B: slot B is better)")
+    def mark_gold_b(self, request, queryset):
+        self._mark_gold(request, queryset, "B")
+
+
+@admin.register(GoldItem)
+class GoldItemAdmin(LadderAdmin):
+    list_display = ["id", "batch", "kind", "answer", "answer_a_safe", "answer_b_safe", "active", "servings_count",
+                    "created_at"]
+    list_filter = ["batch", "kind", "active", "created_at"]
+    search_fields = ["response_a", "response_b", "messages"]
+    raw_id_fields = ["batch", "source_task", "created_by"]
+    readonly_fields = ["created_by"]
+
+    @admin.display(description="servings")
+    def servings_count(self, obj):
+        return obj.servings.count()
+
+
+@admin.register(AnnotatorFlag)
+class AnnotatorFlagAdmin(LadderAdmin):
+    list_display = ["id", "annotator", "batch", "reason", "detail", "value", "threshold", "labels", "paused",
+                    "created_at", "lifted_by", "lifted_at"]
+    list_filter = ["batch", "reason", "paused", ("lifted_at", admin.EmptyFieldListFilter), "created_at"]
+    search_fields = ["annotator__username", "detail", "lift_note"]
+    readonly_fields = ["annotator", "batch", "reason", "detail", "value", "threshold", "labels", "paused",
+                       "created_at", "lifted_by", "lifted_at"]
+    actions = ["lift"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Lift the flag (and its pause)")
+    def lift(self, request, queryset):
+        try:
+            for flag in queryset:
+                services.lift_flag(request.user, flag.pk, note=f"Lifted in the admin by {request.user}.")
+        except PermissionDenied as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        self.message_user(request, f"{queryset.count()} flag(s) lifted.", messages.SUCCESS)
 
 
 @admin.register(Assignment)

@@ -67,17 +67,24 @@ def health(request: Request) -> Response:
     return Response({"status": "ok"})
 
 
+PAUSED_MESSAGE = ("You are paused in this batch: a quality check flagged your recent labels, and an admin will "
+                  "review them. You get no tasks of this batch until the pause is lifted.")
+
+
 # --- annotation -----------------------------------------------------------------------------------------
 
 @extend_schema(request=None, tags=["annotation"],
                responses={200: TaskSerializer, 204: OpenApiResponse(description="Nothing left to label."),
-                          404: ERROR})
+                          403: ERROR, 404: ERROR})
 @api_view(["POST"])
 @permission_classes([IsAuthenticated])
 def next_task(request: Request, batch_id: int) -> Response:
-    """Lease the next pair of the batch to the caller (or resume the caller's live lease)."""
+    """Lease the next pair of the batch to the caller (or resume the caller's live lease). 403 ``paused``: a
+    quality flag pauses the caller in this batch until an admin reviews it."""
     lease = services.claim_next_task(request.user, batch_id)
     if lease is None:
+        if services.is_paused(request.user, batch_id):
+            return error_response(status.HTTP_403_FORBIDDEN, "paused", PAUSED_MESSAGE)
         return Response(status=status.HTTP_204_NO_CONTENT)
     task = selectors.get_task_for_annotator(request.user, lease.task_id)
     return Response(TaskSerializer(task, context={"lease": lease}).data)

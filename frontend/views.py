@@ -111,6 +111,7 @@ def _next_task_response(request: HtmxHttpRequest, batch, notice: str = "") -> Ht
     context = _workspace_context(request, batch)
     if assignment is None:
         context["notice"] = notice.split(". ")[0] + "." if notice else ""
+        context["paused"] = services.is_paused(request.user, batch)
         return _work(request, "empty", context)
     task = selectors.get_task_for_annotator(request.user, assignment.task_id)
     context.update(_task_context(task, notice=notice))

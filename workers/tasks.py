@@ -32,6 +32,14 @@ def expire_leases() -> int:
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
              max_retries=3)
+def check_annotator_quality(user_id: int, batch_id: int) -> list[int]:
+    """Judge one annotator's labels in a batch (gold accuracy, speed, side bias); return the flags opened.
+    Idempotent: at most one open flag per reason."""
+    return [flag.pk for flag in services.evaluate_annotator(user_id, batch_id)]
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
+             max_retries=3)
 def refill_queues() -> dict[int, int]:
     return services.refill_all_queues()
 

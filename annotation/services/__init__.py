@@ -8,7 +8,9 @@ Each service validates, authorises, writes inside ``transaction.atomic()`` and s
 * ``labels``: submitting and revising comparisons;
 * ``dialogues``: prompt mode and multi-turn continuation;
 * ``pool``: queue-mode pairs, prompt pools and refills;
-* ``enqueue``: sending sampling jobs to the workers.
+* ``enqueue``: sending sampling jobs to the workers;
+* ``gold``: gold checks (marked, built, served);
+* ``flags``: flags on annotators, pauses and lifts.
 """
 
 from annotation.services.assignment import (
@@ -20,6 +22,8 @@ from annotation.services.assignment import (
 )
 from annotation.services.dialogues import continue_dialogue, retry_generation, start_prompt_task
 from annotation.services.enqueue import GENERATE_TASK, enqueue_generation
+from annotation.services.flags import evaluate_annotator, is_paused, lift_flag
+from annotation.services.gold import build_gold_items, mark_gold, serve_gold
 from annotation.services.labels import LabelInput, SubmitResult, revise_comparison, submit_comparison
 from annotation.services.pool import (
     PairInput,
@@ -31,6 +35,12 @@ from annotation.services.pool import (
 )
 
 __all__ = [
+    "serve_gold",
+    "mark_gold",
+    "lift_flag",
+    "is_paused",
+    "evaluate_annotator",
+    "build_gold_items",
     "GENERATE_TASK",
     "LabelInput",
     "LeaseExpired",

@@ -17,6 +17,8 @@ from annotation.models import (
     AnnotationBatch,
     Assignment,
 )
+from annotation.services.flags import is_paused
+from annotation.services.gold import serve_gold
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +103,9 @@ def _expire_own_leases(user: AbstractBaseUser, now) -> None:
 
 
 def claim_next_task(user: AbstractBaseUser, batch_id: int, *, wait_seconds: float = 5.0) -> Assignment | None:
-    """Lease the next task of the batch to this annotator, or return ``None`` when nothing is left.
+    """Lease the next task of the batch to this annotator, or return ``None`` when nothing is left (or when an
+    open flag pauses them in the batch: ``flags.is_paused`` tells the two apart). Where an ordinary task is
+    free, the lease may instead be a gold check's fresh serving (``gold.serve_gold``).
 
     A task qualifies when the annotator has neither labelled nor skipped it and its labels plus live
     leases are below the batch's overlap. Rows are locked with ``FOR UPDATE SKIP LOCKED`` so concurrent
@@ -114,7 +118,7 @@ def claim_next_task(user: AbstractBaseUser, batch_id: int, *, wait_seconds: floa
     fails, and the loop resumes the lease the first one took.
     """
     batch = selectors.get_batch_for_annotator(user, batch_id)
-    if batch.status != AnnotationBatch.Status.OPEN:
+    if batch.status != AnnotationBatch.Status.OPEN or is_paused(user, batch):
         return None
     deadline = time.monotonic() + wait_seconds
     while True:
@@ -139,6 +143,9 @@ def claim_next_task(user: AbstractBaseUser, batch_id: int, *, wait_seconds: floa
                     if taken < batch.overlap:
                         try:
                             with transaction.atomic():
+                                # A gold check only where an ordinary task is there for this annotator too.
+                                if (gold := serve_gold(user, batch, now)) is not None:
+                                    return gold
                                 return Assignment.objects.create(
                                     task_id=row[0], batch=batch, annotator=user, leased_at=now,
                                     expires_at=now + timedelta(minutes=settings.LADDER_LEASE_MINUTES),

@@ -24,6 +24,7 @@ from annotation.models import (
     Turn,
 )
 from annotation.services.assignment import LeaseExpired, refresh_completion
+from annotation.services.flags import enqueue_quality_check
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def submit_comparison(
 
 def _record_label(user, task, label, category, assignment, now, idempotency_key) -> Comparison:
     """Write the comparison and close the lease (inside the caller's transaction)."""
+    is_gold = task.gold_item_id is not None
     comparison = Comparison.objects.create(
         task=task,
         batch_id=task.batch_id,
@@ -133,6 +135,9 @@ def _record_label(user, task, label, category, assignment, now, idempotency_key)
         note=label.note.strip(),
         time_on_task=now - (assignment.leased_at if assignment else task.created_at),
         idempotency_key=idempotency_key,
+        is_gold=is_gold,
+        # A serving copies the item's responses into the same slots, so the answer is already in slot terms.
+        gold_correct=(label.chosen == task.gold_item.answer) if is_gold else None,
     )
     if assignment is not None:
         assignment.status = Assignment.Status.SUBMITTED
@@ -140,6 +145,10 @@ def _record_label(user, task, label, category, assignment, now, idempotency_key)
     # In this transaction and under the task's row lock: the label that fills the task takes it out of the
     # queue, so no claim ever scans a task that has all its labels.
     refresh_completion(task_ids=[task.pk])
+    # The quality rules are judged on every gold answer and every 5th label, off the request.
+    if is_gold or Comparison.objects.filter(batch_id=task.batch_id, annotator=user).count() % 5 == 0:
+        user_id, batch_id = user.pk, task.batch_id
+        transaction.on_commit(lambda: enqueue_quality_check(user_id, batch_id))
     return comparison
 
 
@@ -174,5 +183,7 @@ def revise_comparison(user: AbstractBaseUser, comparison_id: int, label: LabelIn
         comparison.response_b_safe = label.response_b_safe
         comparison.safety_category = category
         comparison.note = label.note.strip()
+        if comparison.is_gold:
+            comparison.gold_correct = label.chosen == comparison.task.gold_item.answer
         comparison.save()
         return comparison
