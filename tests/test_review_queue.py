@@ -135,6 +135,21 @@ def test_queue_puts_flagged_then_disagreeing_then_the_rest_with_reasons(world):
         "flagged": 1, "disagreeing": 2, "sampled": 0, "other": 3, "total": 6}
 
 
+def test_the_one_pass_position_and_counts_agree_with_the_queue_order(world, settings):
+    # item_at and counts categorise in one windowed pass; queue() with per-label subqueries: the same order.
+    settings.LADDER_REVIEW_SAMPLE_RATE = 0.5
+    review.approve(world["rev"], world["c"]["t1u1"].pk)  # leaves the pending queue, still counts on its task
+    expected = [i.pk for i in review_queue.queue(world["rev"], world["batch"])]
+    by_category = {}
+    for i in review_queue.queue(world["rev"], world["batch"]):
+        name = review_queue.CATEGORY_NAMES[i.category]
+        by_category[name] = by_category.get(name, 0) + 1
+    assert review_queue.counts(world["rev"], world["batch"]) == {
+        **dict.fromkeys(review_queue.CATEGORY_NAMES.values(), 0), **by_category, "total": len(expected)}
+    found = [review_queue.item_at(world["rev"], world["batch"], "pending", pos)[0].pk for pos in range(len(expected))]
+    assert found == expected and len(expected) == 5
+
+
 def test_a_full_sample_rate_samples_every_undisputed_label(world, settings):
     settings.LADDER_REVIEW_SAMPLE_RATE = 1.0
     assert review_queue.counts(world["rev"], world["batch"]) == {
