@@ -141,3 +141,24 @@ def current_assignment(user: AbstractBaseUser, task: ComparisonTask) -> Assignme
 
 def current_policy() -> PolicyCheckpoint | None:
     return PolicyCheckpoint.objects.filter(role=PolicyCheckpoint.Role.POLICY, is_current=True).first()
+
+
+def get_batch_for_stats(user: AbstractBaseUser, batch_id: int, annotator_id: int | None = None):
+    """The batch (and the annotator) whose statistics ``user`` may read: staff all, reviewers their batches
+    (every annotator in them), an annotator only their own numbers in a batch assigned to them."""
+    from django.contrib.auth import get_user_model
+
+    batch = AnnotationBatch.objects.filter(pk=batch_id).first()
+    if batch is None or not user.is_authenticated:
+        raise Http404("No such batch.")
+    reviews = user.is_staff or batch.reviewers.filter(pk=user.pk).exists()
+    if annotator_id is None:
+        if not reviews:
+            raise Http404("No such batch among those you review.")
+        return batch, None
+    if not reviews and not (annotator_id == user.pk and batches_for_annotator(user).filter(pk=batch_id).exists()):
+        raise Http404("No such annotator in a batch you may read.")
+    annotator = get_user_model().objects.filter(pk=annotator_id).first()
+    if annotator is None:
+        raise Http404("No such annotator.")
+    return batch, annotator

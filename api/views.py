@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from annotation import imports, selectors, services
 from annotation.models import AnnotationBatch, Comparison, Dialogue, Focus, PolicyCheckpoint, PreferenceStrength, Prompt
 from annotation.models import Response as ModelResponse
+from annotation.quality import dashboards
 from annotation.services import review as review_service
 from api import filters
 from api.errors import error_response
@@ -153,6 +154,28 @@ def write_prompt(request: Request, batch_id: int) -> Response:
     body.is_valid(raise_exception=True)
     task = services.start_prompt_task(request.user, batch_id, **body.validated_data)
     return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
+
+
+# --- quality statistics ---------------------------------------------------------------------------------
+
+@extend_schema(tags=["quality"], responses={200: OpenApiTypes.OBJECT}, summary="A batch's quality statistics")
+@api_view(["GET"])
+@permission_classes([IsAuthenticated])
+def batch_stats(request: Request, batch_id: int) -> Response:
+    """What the batch dashboard shows, as JSON: progress, labels per hour, strength and its drift across batches,
+    safety shares (with the paper's), Table 6/26 statistics, position bias, gold accuracy and agreement.
+    Reviewers of the batch and staff."""
+    batch, _ = selectors.get_batch_for_stats(request.user, batch_id)
+    return Response(dashboards.batch_dashboard(batch))
+
+
+@extend_schema(tags=["quality"], responses={200: OpenApiTypes.OBJECT}, summary="An annotator's statistics in a batch")
+@api_view(["GET"])
+@permission_classes([IsAuthenticated])
+def annotator_stats(request: Request, batch_id: int, user_id: int) -> Response:
+    """One annotator's numbers in a batch: the annotator themself, the batch's reviewers and staff."""
+    batch, annotator = selectors.get_batch_for_stats(request.user, batch_id, user_id)
+    return Response(dashboards.annotator_dashboard(batch, annotator))
 
 
 # --- resources ------------------------------------------------------------------------------------------

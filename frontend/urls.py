@@ -1,6 +1,6 @@
 from django.urls import path
 
-from frontend import reward_views, round_views, views
+from frontend import quality_views, reward_views, round_views, views
 
 app_name = "frontend"
 
@@ -24,6 +24,10 @@ urlpatterns = [
     path("review/<int:batch_id>/", views.review, name="review"),
     path("review/<int:batch_id>/list/", views.review_list, name="review_list"),
     path("review/labels/<int:comparison_id>/", views.review_action, name="review_action"),
+    path("quality/me/", quality_views.my_numbers, name="quality_me"),
+    path("quality/batches/<int:batch_id>/", quality_views.batch_dashboard, name="quality_batch"),
+    path("quality/batches/<int:batch_id>/annotators/<int:user_id>/", quality_views.annotator_dashboard,
+         name="quality_annotator"),
     path("tokens/", views.api_tokens, name="tokens"),
     path("rounds/", round_views.round_list, name="rounds"),
     path("rounds/new/", round_views.round_start, name="round_start"),

@@ -1,0 +1,189 @@
+"""Quality dashboards and their API: the numbers on a small hand-computed batch, who sees which page, and query
+counts that stay the same when the batch grows."""
+
+import datetime as dt
+
+import pytest
+from django.test import Client
+from rest_framework.test import APIClient
+
+from annotation.models import Comparison, ComparisonTask
+from annotation.quality import stats
+from tests.factories import BatchFactory, UserFactory, bulk_comparisons, make_pairs
+
+pytestmark = pytest.mark.django_db
+
+T0 = dt.datetime(2026, 3, 2, 10, 5, tzinfo=dt.UTC)
+TURNS = [("user", "x" * 40), ("assistant", "y" * 80), ("user", "z" * 20)]  # 35 tokens of context, prompt 5
+
+
+def _label(task, user, chosen, strength, seconds, *, safety="", hour=0, **extra):
+    c = Comparison.objects.create(task=task, annotator=user, chosen=chosen, strength=strength,
+                                  safety_category=safety, time_on_task=dt.timedelta(seconds=seconds), **extra)
+    Comparison.objects.filter(pk=c.pk).update(created_at=T0 + dt.timedelta(hours=hour))
+    return c
+
+
+@pytest.fixture
+def world():
+    alice, bob, carol = UserFactory(username="alice"), UserFactory(username="bob"), UserFactory(username="carol")
+    rita, otto = UserFactory(username="rita"), UserFactory(username="otto")
+    staff = UserFactory(username="sam", is_staff=True)
+    batch = BatchFactory(annotators=[alice, bob], status="open", overlap=2)
+    batch.reviewers.add(rita)
+    other = BatchFactory(annotators=[carol], status="open")
+    other.reviewers.add(otto)
+    t1, t2, t3, t4 = make_pairs(batch, 4, texts={"a": "a" * 400, "b": "b" * 200}, turns=TURNS)
+    for task, order in [(t1, "AB"), (t2, "BA"), (t3, "AB"), (t4, "BA")]:
+        ComparisonTask.objects.filter(pk=task.pk).update(shown_order=order)
+    t1.response_a.completion_tokens = 120  # recorded count wins over the chars/4 estimate (100)
+    t1.response_a.save()
+    # Counted: 5 labels. Left choices (slot through shown order): alice t1, bob t1, bob t2.
+    _label(t1, alice, "A", "significantly_better", 10, safety="safe_unsafe")
+    _label(t2, alice, "A", "better", 20, safety="both_safe")
+    _label(t3, alice, "B", "better", 30, safety="both_safe")
+    _label(t1, bob, "A", "slightly_better", 40, safety="both_unsafe", hour=1)
+    _label(t2, bob, "B", "negligibly_better", 50, hour=1)
+    # Not counted: a rejected label, and gold checks (only in gold accuracy).
+    _label(t4, bob, "B", "better", 60, qa_state="rejected", hour=1)
+    _label(t4, alice, "A", "better", 1000, is_gold=True, gold_correct=True)
+    _label(t3, bob, "A", "better", 1000, is_gold=True, gold_correct=False, hour=1)
+    return {"batch": batch, "other": other, "alice": alice, "bob": bob, "carol": carol, "rita": rita,
+            "otto": otto, "staff": staff, "anonymous": None}
+
+
+def test_batch_stats_match_the_hand_computed_values(world):
+    s = stats.batch_stats(world["batch"])
+    assert s["comparisons"] == 5
+    assert s["annotators"] == 2
+    assert s["position_bias"] == {"left": 3, "share_left": pytest.approx(0.6)}
+    assert s["median_time_on_task_s"] == pytest.approx(30.0)
+    assert s["gold"] == {"checks": 2, "correct": 1, "accuracy": 0.5}
+    assert {k: v["count"] for k, v in s["strength"].items()} == {
+        "significantly_better": 1, "better": 2, "slightly_better": 1, "negligibly_better": 1}
+    assert s["strength"]["better"]["share"] == pytest.approx(0.4)
+    assert {k: v["share"] for k, v in s["safety"].items()} == {
+        "safe_unsafe": 0.25, "both_safe": 0.5, "both_unsafe": 0.25, "unsafe_safe": 0.0}
+    assert s["safety"]["both_safe"]["paper"] == 0.47
+    assert [h["comparisons"] for h in s["per_hour"]] == [3, 2]
+    assert s["throughput"] == {"active_hours": 2, "per_active_hour": 2.5}
+    assert s["progress"]["tasks"] == 4
+
+
+def test_table6_weights_tasks_by_labels_and_prefers_recorded_token_counts(world):
+    t6 = stats.table6(world["batch"].pk)
+    # Per task: t1 2 labels (response (120 + 50) / 2 = 85), t2 2 and t3 1 (response (100 + 50) / 2 = 75).
+    assert t6 == {"comparisons": 5, "avg_turns_per_dialogue": 2.0, "avg_tokens_per_example": 35 + 79.0,
+                  "avg_tokens_in_prompt": 5.0, "avg_tokens_in_response": 79.0}
+
+
+def test_annotator_stats_are_their_own_labels_only(world):
+    a = stats.annotator_stats(world["batch"], world["alice"])
+    assert a["comparisons"] == 3
+    assert a["position_bias"]["share_left"] == pytest.approx(1 / 3)
+    assert a["median_time_on_task_s"] == pytest.approx(20.0)
+    assert a["gold"]["accuracy"] == 1.0
+    assert a["throughput"] == {"active_hours": 1, "per_active_hour": 3.0}
+    b = stats.annotator_stats(world["batch"], world["bob"])
+    assert (b["comparisons"], b["position_bias"]["share_left"], b["median_time_on_task_s"]) == (2, 1.0, 45.0)
+    assert b["gold"] == {"checks": 1, "correct": 0, "accuracy": 0.0}
+
+
+def test_drift_gives_each_batch_its_strength_shares_in_order(world):
+    drift = stats.drift_across_batches([world["other"], world["batch"]])
+    assert [d["comparisons"] for d in drift] == [0, 5]
+    assert drift[0]["strength"]["better"]["share"] is None
+    assert drift[1]["strength"]["significantly_better"]["share"] == pytest.approx(0.2)
+
+
+def _page(world, user, url):
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client.get(url)
+
+
+def _api(world, user, url):
+    client = APIClient()
+    if user is not None:
+        client.force_authenticate(user)
+    return client.get(url)
+
+
+BATCH_ACCESS = {"anonymous": None, "alice": 404, "carol": 404, "rita": 200, "otto": 404, "staff": 200}
+# Alice's numbers: herself, the batch's reviewer and staff; not bob (same batch), carol or the other reviewer.
+ANNOTATOR_ACCESS = {"anonymous": None, "alice": 200, "bob": 404, "carol": 404, "rita": 200, "otto": 404,
+                    "staff": 200}
+
+
+@pytest.mark.parametrize("role,expected", BATCH_ACCESS.items())
+def test_batch_dashboard_and_api_permissions(world, role, expected):
+    b = world["batch"].pk
+    page = _page(world, world[role], f"/quality/batches/{b}/")
+    api = _api(world, world[role], f"/api/v1/batches/{b}/stats/")
+    if expected is None:
+        assert page.status_code == 302 and "/login" in page["Location"]
+        assert api.status_code == 401
+    else:
+        assert (page.status_code, api.status_code) == (expected, expected)
+    if expected == 200:
+        assert api.json()["comparisons"] == 5
+        assert api.json()["agreement"]["items"] == 2
+
+
+@pytest.mark.parametrize("role,expected", ANNOTATOR_ACCESS.items())
+def test_annotator_dashboard_and_api_permissions(world, role, expected):
+    b, a = world["batch"].pk, world["alice"].pk
+    page = _page(world, world[role], f"/quality/batches/{b}/annotators/{a}/")
+    api = _api(world, world[role], f"/api/v1/batches/{b}/annotators/{a}/stats/")
+    if expected is None:
+        assert page.status_code == 302 and "/login" in page["Location"]
+        assert api.status_code == 401
+    else:
+        assert (page.status_code, api.status_code) == (expected, expected)
+    if expected == 200:
+        assert api.json()["comparisons"] == 3
+        assert api.json()["annotator"] == {"id": a, "username": "alice"}
+
+
+def test_my_numbers_lists_only_the_annotators_own_batches(world):
+    page = _page(world, world["alice"], "/quality/me/")
+    assert page.status_code == 200
+    assert [r["batch"].pk for r in page.context["rows"]] == [world["batch"].pk]
+    assert page.context["rows"][0]["s"]["comparisons"] == 3
+
+
+def test_dashboard_escapes_batch_and_user_names(world):
+    world["batch"].name = "<script>x</script>"
+    world["batch"].save()
+    html = _page(world, world["staff"], f"/quality/batches/{world['batch'].pk}/").content.decode()
+    assert "<script>x</script>" not in html
+    assert "&lt;script&gt;x&lt;/script&gt;" in html
+    assert "<svg" in html and "cdn" not in html.lower()
+
+
+def _grow(world, tasks, extra_annotators):
+    users = [UserFactory() for _ in range(extra_annotators)]
+    world["batch"].annotators.add(*users)
+    bulk_comparisons(world["batch"], tasks, annotators=[world["alice"], *users])
+
+
+@pytest.mark.parametrize("url", ["/quality/batches/{b}/", "/quality/batches/{b}/annotators/{a}/",
+                                 "/api/v1/batches/{b}/stats/", "/api/v1/batches/{b}/annotators/{a}/stats/"])
+def test_query_count_does_not_grow_with_comparisons_or_annotators(world, url, django_assert_max_num_queries):
+    url = url.format(b=world["batch"].pk, a=world["alice"].pk)
+    client = Client()
+    client.force_login(world["staff"])
+    client.get(url)  # session, content types
+    counts = []
+    for tasks, annotators in [(5, 1), (200, 6)]:
+        _grow(world, tasks, annotators)
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(url).status_code == 200
+        counts.append(len(ctx.captured_queries))
+    assert counts[0] == counts[1]
+    with django_assert_max_num_queries(counts[0]):
+        client.get(url)
