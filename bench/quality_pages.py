@@ -41,19 +41,22 @@ WITH d AS (
 turns AS (
     INSERT INTO annotation_turn (dialogue_id, index, role, content)
     SELECT d.id, i.i, CASE WHEN mod(i.i, 2) = 0 THEN 'user' ELSE 'assistant' END,
-           left(repeat('Turn ' || i.i || ' of dialogue ' || d.id || ', with some words. ', 8), (40 + mod(d.id, 120))::int)
+           left(repeat('Turn ' || i.i || ' of dialogue ' || d.id || ', with some words. ', 8),
+                (40 + mod(d.id, 120))::int)
     FROM d CROSS JOIN LATERAL generate_series(0, d.k - 1) AS i(i)
 ),
 ra AS (
     INSERT INTO annotation_response (dialogue_id, turn_index, slot, text, generator, temperature, created_at,
                                      completion_tokens)
-    SELECT d.id, d.k, 'A', left(repeat('Response A to ' || d.id || ', a careful answer. ', 30), (200 + mod(d.id, 600))::int),
+    SELECT d.id, d.k, 'A', left(repeat('Response A to ' || d.id || ', a careful answer. ', 30),
+                                (200 + mod(d.id, 600))::int),
            'bench', 0.7, now(), CASE WHEN mod(d.id, 2) = 0 THEN 50 + mod(d.id, 150) END
     FROM d RETURNING id, dialogue_id, turn_index
 ),
 rb AS (
     INSERT INTO annotation_response (dialogue_id, turn_index, slot, text, generator, temperature, created_at)
-    SELECT d.id, d.k, 'B', left(repeat('Response B to ' || d.id || ', another answer. ', 30), (200 + mod(d.id, 500))::int),
+    SELECT d.id, d.k, 'B', left(repeat('Response B to ' || d.id || ', another answer. ', 30),
+                                (200 + mod(d.id, 500))::int),
            'bench', 1.0, now()
     FROM d RETURNING id, dialogue_id
 )

@@ -126,6 +126,8 @@ def test_batch_dashboard_and_api_permissions(world, role, expected):
         assert api.status_code == 401
     else:
         assert (page.status_code, api.status_code) == (expected, expected)
+    if api.status_code >= 400:
+        assert set(api.json()["error"]) == {"status", "code", "detail", "fields"}
     if expected == 200:
         assert api.json()["comparisons"] == 5
         assert api.json()["agreement"]["items"] == 2
@@ -141,6 +143,8 @@ def test_annotator_dashboard_and_api_permissions(world, role, expected):
         assert api.status_code == 401
     else:
         assert (page.status_code, api.status_code) == (expected, expected)
+    if api.status_code >= 400:
+        assert set(api.json()["error"]) == {"status", "code", "detail", "fields"}
     if expected == 200:
         assert api.json()["comparisons"] == 3
         assert api.json()["annotator"] == {"id": a, "username": "alice"}
