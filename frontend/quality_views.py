@@ -44,6 +44,5 @@ def annotator_dashboard(request: HttpRequest, batch_id: int, user_id: int) -> Ht
 @require_GET
 def my_numbers(request: HttpRequest) -> HttpResponse:
     """The annotator's own numbers in each batch assigned to them (no agreement here: see each batch's page)."""
-    rows = [{"batch": b, "s": stats.annotator_stats(b, request.user)}
-            for b in selectors.batches_for_annotator(request.user).order_by("-pk")]
+    rows = stats.annotator_overview(selectors.batches_for_annotator(request.user).order_by("-pk"), request.user)
     return render(request, "frontend/quality_me.html", {"rows": rows})

@@ -191,3 +191,13 @@ def test_query_count_does_not_grow_with_comparisons_or_annotators(world, url, dj
     assert counts[0] == counts[1]
     with django_assert_max_num_queries(counts[0]):
         client.get(url)
+
+
+def test_cached_table6_and_agreement_follow_a_rejected_label(world):
+    from annotation.quality import dashboards
+
+    assert dashboards.batch_dashboard(world["batch"])["table6"]["comparisons"] == 5
+    Comparison.objects.filter(annotator=world["alice"], task__shown_order="BA", is_gold=False).update(
+        qa_state="rejected")
+    again = dashboards.batch_dashboard(world["batch"])
+    assert (again["comparisons"], again["table6"]["comparisons"], again["agreement"]["labels"]) == (4, 4, 4)

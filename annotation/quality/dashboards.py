@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.cache import cache
+
 from annotation.models import AnnotationBatch
 from annotation.quality import stats
 from annotation.quality.agreement import batch_agreement
@@ -11,11 +13,28 @@ from annotation.quality.agreement import batch_agreement
 # Bootstrap resamples for the intervals shown: 200 keep a 100k-label batch's page fast.
 BOOTSTRAP = 200
 DRIFT_BATCHES = 12
+CACHE_SECONDS = 24 * 3600
+
+
+def _cached(batch_id: int, what: str, compute) -> Any:
+    """Table 6 and agreement read every label of the batch (and its texts); they are kept in the cache under the
+    batch's label fingerprint, so any new, edited or rejected label recomputes them."""
+    key = f"quality:{what}:{batch_id}:{stats.fingerprint(batch_id)}"
+    value = cache.get(key)
+    if value is None:
+        value = compute()
+        cache.set(key, value, CACHE_SECONDS)
+    return value
+
+
+def _agreement(batch_id: int) -> dict[str, Any]:
+    return _cached(batch_id, f"agreement{BOOTSTRAP}", lambda: batch_agreement(batch_id, bootstrap=BOOTSTRAP))
 
 
 def batch_dashboard(batch: AnnotationBatch) -> dict[str, Any]:
     data = stats.batch_stats(batch)
-    data["agreement"] = batch_agreement(batch.pk, bootstrap=BOOTSTRAP)
+    data["table6"] = _cached(batch.pk, "table6", lambda: stats.table6(batch.pk))
+    data["agreement"] = _agreement(batch.pk)
     # Drift: this batch and the ones before it, oldest first (Fig. 25 draws the weekly batches in order).
     earlier = AnnotationBatch.objects.filter(pk__lte=batch.pk).order_by("-pk").only("pk", "name")[:DRIFT_BATCHES]
     data["drift"] = stats.drift_across_batches(reversed(list(earlier)))
@@ -25,6 +44,6 @@ def batch_dashboard(batch: AnnotationBatch) -> dict[str, Any]:
 def annotator_dashboard(batch: AnnotationBatch, annotator) -> dict[str, Any]:
     """One annotator's numbers; of the agreement only their own line (agreement with the others' majority)."""
     data = stats.annotator_stats(batch, annotator)
-    per_annotator = batch_agreement(batch.pk, bootstrap=BOOTSTRAP).get("per_annotator", [])
+    per_annotator = _agreement(batch.pk).get("per_annotator", [])
     data["agreement"] = next((a for a in per_annotator if a["annotator_id"] == annotator.pk), None)
     return data

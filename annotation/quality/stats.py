@@ -45,7 +45,7 @@ def _safety_filters() -> str:
 
 
 _LABELS_SQL = f"""
-SELECT count(*) FILTER (WHERE {_NOT_GOLD}),
+SELECT c.batch_id, count(*) FILTER (WHERE {_NOT_GOLD}),
        count(*) FILTER (WHERE {_NOT_GOLD} AND (c.chosen = 'A') = (t.shown_order = 'AB')),
        percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM c.time_on_task))
            FILTER (WHERE {_NOT_GOLD} AND c.annotator_id IS NOT NULL),
@@ -57,7 +57,8 @@ SELECT count(*) FILTER (WHERE {_NOT_GOLD}),
        {_strength_filters()},
        {_safety_filters()}
 FROM annotation_comparison c JOIN annotation_comparisontask t ON t.id = c.task_id
-WHERE c.batch_id = %(batch)s AND {_COUNTED} {{annotator}}
+WHERE c.batch_id = ANY(%(batches)s) AND {_COUNTED} {{annotator}}
+GROUP BY c.batch_id
 """
 
 _HOURS_SQL = f"""
@@ -108,14 +109,7 @@ def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _label_stats(batch_id: int, annotator_id: int | None) -> dict[str, Any]:
-    params = {"batch": batch_id, "annotator": annotator_id}
-    where = "AND c.annotator_id = %(annotator)s" if annotator_id is not None else ""
-    with connection.cursor() as cursor:
-        cursor.execute(_LABELS_SQL.format(annotator=where), params)
-        row = cursor.fetchone()
-        cursor.execute(_HOURS_SQL.format(annotator=where), params)
-        hours = cursor.fetchall()
+def _from_row(row) -> dict[str, Any]:
     n, left, median, gold, gold_ok, active_hours, labelled_here, annotators = row[:8]
     strength_counts = dict(zip(STRENGTHS, row[8:8 + len(STRENGTHS)], strict=True))
     safety_counts = dict(zip(SAFETY, row[8 + len(STRENGTHS):], strict=True))
@@ -131,13 +125,50 @@ def _label_stats(batch_id: int, annotator_id: int | None) -> dict[str, Any]:
             "active_hours": active_hours,
             "per_active_hour": labelled_here / active_hours if active_hours else None,
         },
-        "per_hour": [{"hour": h.isoformat(), "comparisons": c} for h, c in reversed(hours)],
         "strength": {s: {"count": c, "share": _share(c, with_strength)} for s, c in strength_counts.items()},
         "safety": {
             s: {"count": c, "share": _share(c, with_safety), "paper": PAPER_SAFETY_SHARES.get(s)}
             for s, c in safety_counts.items()
         },
     }
+
+
+_EMPTY_ROW = (0, 0, None, 0, 0, 0, 0, 0) + (0,) * (len(STRENGTHS) + len(SAFETY))
+
+
+def _label_stats_many(batch_ids: list[int], annotator_id: int | None) -> dict[int, dict[str, Any]]:
+    """The label statistics of several batches in one grouped pass (no per-hour series)."""
+    where = "AND c.annotator_id = %(annotator)s" if annotator_id is not None else ""
+    with connection.cursor() as cursor:
+        cursor.execute(_LABELS_SQL.format(annotator=where), {"batches": batch_ids, "annotator": annotator_id})
+        rows = {r[0]: r[1:] for r in cursor.fetchall()}
+    return {b: _from_row(rows.get(b, _EMPTY_ROW)) for b in batch_ids}
+
+
+def _label_stats(batch_id: int, annotator_id: int | None) -> dict[str, Any]:
+    stats = _label_stats_many([batch_id], annotator_id)[batch_id]
+    where = "AND c.annotator_id = %(annotator)s" if annotator_id is not None else ""
+    with connection.cursor() as cursor:
+        cursor.execute(_HOURS_SQL.format(annotator=where), {"batch": batch_id, "annotator": annotator_id})
+        hours = cursor.fetchall()
+    stats["per_hour"] = [{"hour": h.isoformat(), "comparisons": c} for h, c in reversed(hours)]
+    return stats
+
+
+_FINGERPRINT_SQL = """
+SELECT count(*), count(*) FILTER (WHERE c.qa_state = 'rejected'), count(*) FILTER (WHERE c.is_gold),
+       max(c.updated_at), max(c.id)
+FROM annotation_comparison c WHERE c.batch_id = %(batch)s
+"""
+
+
+def fingerprint(batch_id: int) -> str:
+    """Changes whenever a label of the batch is added, edited, rejected or deleted: the key under which the
+    dashboards cache what is costly to recompute (Table 6, agreement)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_FINGERPRINT_SQL, {"batch": batch_id})
+        n, rejected, gold, updated, last = cursor.fetchone()
+    return f"{n}-{rejected}-{gold}-{updated.timestamp() if updated else 0}-{last}"
 
 
 def table6(batch_id: int) -> dict[str, Any]:
@@ -168,7 +199,6 @@ def batch_stats(batch: AnnotationBatch) -> dict[str, Any]:
     stats = _label_stats(batch.pk, None)
     stats["batch"] = {"id": batch.pk, "name": batch.name, "focus": batch.focus, "overlap": batch.overlap}
     stats["progress"] = _progress(batch)
-    stats["table6"] = table6(batch.pk)
     return stats
 
 
@@ -177,6 +207,13 @@ def annotator_stats(batch: AnnotationBatch, annotator) -> dict[str, Any]:
     stats["batch"] = {"id": batch.pk, "name": batch.name}
     stats["annotator"] = {"id": annotator.pk, "username": annotator.get_username()}
     return stats
+
+
+def annotator_overview(batches, annotator) -> list[dict[str, Any]]:
+    """An annotator's numbers in each of ``batches`` (one query for them all)."""
+    batches = list(batches)
+    by_batch = _label_stats_many([b.pk for b in batches], annotator.pk)
+    return [{"batch": b, "s": by_batch[b.pk]} for b in batches]
 
 
 def drift_across_batches(batches) -> list[dict[str, Any]]:
