@@ -14,6 +14,7 @@ from annotation.quality.agreement import batch_agreement
 BOOTSTRAP = 200
 DRIFT_BATCHES = 12
 CACHE_SECONDS = 24 * 3600
+DRIFT_SECONDS = 600
 
 
 def _cached(batch_id: int, what: str, compute) -> Any:
@@ -36,8 +37,17 @@ def batch_dashboard(batch: AnnotationBatch) -> dict[str, Any]:
     data["table6"] = _cached(batch.pk, "table6", lambda: stats.table6(batch.pk))
     data["agreement"] = _agreement(batch.pk)
     # Drift: this batch and the ones before it, oldest first (Fig. 25 draws the weekly batches in order).
-    earlier = AnnotationBatch.objects.filter(pk__lte=batch.pk).order_by("-pk").only("pk", "name")[:DRIFT_BATCHES]
-    data["drift"] = stats.drift_across_batches(reversed(list(earlier)))
+    # The earlier batches (labels there rarely change) are cached for DRIFT_SECONDS; this batch's comes from the
+    # statistics just computed.
+    earlier = list(reversed(AnnotationBatch.objects.filter(pk__lt=batch.pk).order_by("-pk")
+                            .only("pk", "name")[:DRIFT_BATCHES - 1]))
+    key = f"quality:drift:{batch.pk}:{','.join(str(b.pk) for b in earlier)}"
+    drift = cache.get(key)
+    if drift is None:
+        drift = stats.drift_across_batches(earlier)
+        cache.set(key, drift, DRIFT_SECONDS)
+    data["drift"] = [*drift, {"batch_id": batch.pk, "name": batch.name, "comparisons": data["comparisons"],
+                              "strength": data["strength"]}]
     return data
 
 
