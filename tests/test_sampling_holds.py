@@ -249,7 +249,7 @@ def test_the_admin_refuses_a_batch_whose_pairs_would_be_identical_settings(admin
     url = reverse("admin:annotation_annotationbatch_add")
     form = {"name": "Week 2", "focus": "helpfulness", "guidelines": "", "overlap": 1, "status": "open",
             "heldout_count": 0, "pair_sampling": "temperatures", "temperatures": "0.8,0.8", "top_p": 0.9,
-            "max_new_tokens": 64, "min_ready_pairs": 0}
+            "max_new_tokens": 64, "min_ready_pairs": 0, "gold_rate": 0.05}
     r = admin_client.post(url, form)
     assert r.status_code == 200 and "one distinct temperature (0.8)" in r.content.decode()
     sft = checkpoints.register_checkpoint(name="sft-v0", path="")
