@@ -12,6 +12,13 @@
   }
   function check(input) { if (input) { input.checked = true; } }
   function go(url) { if (url && window.htmx) { window.htmx.ajax("GET", url, { target: "#review" }); } }
+  // Actions go through htmx.ajax with the form as the source (its fields, the body's CSRF header): a key
+  // pressed in the moment after a swap, before htmx has processed the new item's forms, would otherwise
+  // submit natively and reload the page.
+  function send(form) {
+    if (window.htmx) window.htmx.ajax("POST", form.getAttribute("action"), { source: form, target: "#review" });
+    else form.requestSubmit();
+  }
   function reset() {
     correcting = false; choiceDone = false; safetyCursor = 0;
     const f = document.getElementById("correct-form");
@@ -31,7 +38,11 @@
     if (!it) return;
     if (typing(target)) {
       if (event.key === "Escape") target.blur();
-      return;  // Enter in the reason field submits its form natively
+      if (event.key === "Enter" && target.id === "id_reason" && target.form) {
+        event.preventDefault();
+        if (!target.form.reportValidity || target.form.reportValidity()) send(target.form);
+      }
+      return;
     }
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     const key = event.key.toLowerCase();
@@ -39,7 +50,7 @@
     if (correcting && correct) {
       event.preventDefault();
       if (key === "escape") { reset(); return; }
-      if (key === "enter") { correct.requestSubmit(); return; }
+      if (key === "enter") { send(correct); return; }
       let letter = null;
       if (key === "a" || key === "b") letter = key;
       else if (!choiceDone && (key === "1" || key === "2")) letter = key === "1" ? "a" : "b";
@@ -60,7 +71,7 @@
     if (key === "enter" && target && (target.tagName === "BUTTON" || target.tagName === "A")) return;
     if (key === "a") {
       const f = document.getElementById("approve-form");
-      if (f) { event.preventDefault(); f.requestSubmit(); }
+      if (f) { event.preventDefault(); send(f); }
     } else if (key === "r") {
       const reason = document.getElementById("id_reason");
       if (reason) { event.preventDefault(); reason.focus(); }
