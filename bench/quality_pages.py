@@ -180,13 +180,14 @@ def main() -> int:
             ("batch API", as_staff, "/api/v1/batches/{b}/stats/"),
             ("annotator API", as_staff, "/api/v1/batches/{b}/annotators/{a}/stats/"),
         ]
-        over = []
+        over, over_cold = [], []
         for name, client, url in pages:
             big = timed(client, url.format(b=target.pk, a=who), args.repeat)
             cold = timed.first
             base = timed(client, url.format(b=small.pk, a=who), args.repeat)
             ok = big <= TARGET_MS
             over += [] if ok else [name]
+            over_cold += [] if cold <= TARGET_MS else [f"{name} {cold:.0f} ms"]
             print(f"  {name:<15} {args.per_batch:,}-label batch {big:7.1f} ms   {args.baseline:,}-label batch "
                   f"{base:6.1f} ms   ratio {big / base:5.2f}x   {'<=' if ok else '>'} {TARGET_MS:.0f} ms   "
                   f"(first, cache cold: {cold:.0f} ms)", flush=True)
@@ -194,8 +195,10 @@ def main() -> int:
         over += [] if mine <= TARGET_MS else ["my numbers"]
         print(f"  {'my numbers':<15} {args.batches + 1} batches, {total // args.annotators:,} own labels "
               f"{mine:7.1f} ms   {'<=' if mine <= TARGET_MS else '>'} {TARGET_MS:.0f} ms", flush=True)
-        print(f"target {TARGET_MS:.0f} ms per page at {total:,} comparisons: "
-              + ("met" if not over else f"NOT MET ({', '.join(over)})"))
+        print(f"target {TARGET_MS:.0f} ms per page at {total:,} comparisons: warm (cached) "
+              + ("met" if not over else f"NOT MET ({', '.join(over)})")
+              + "; first view after a label change "
+              + ("met" if not over_cold else f"NOT MET ({', '.join(over_cold)})"))
         return 0
     finally:
         connection.close()
