@@ -15,7 +15,7 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from annotation.models import AnnotatorFlag, Comparison, ComparisonRevision, ReviewAction
+from annotation.models import AnnotatorFlag, Comparison, ComparisonRevision, ReviewAction, Turn
 from annotation.quality import review_queue
 from annotation.services import LabelInput, review
 from rlhf import exports
@@ -86,6 +86,20 @@ def test_correct_replaces_the_label_and_keeps_the_annotators_as_a_revision_by_th
     revision = ComparisonRevision.objects.get(comparison=target)
     assert (revision.chosen, revision.strength, revision.qa_state, revision.changed_by_id) == (
         "B", "better", "pending", rev.pk)
+
+
+def test_correct_cannot_flip_a_choice_a_dialogue_was_continued_from(world):
+    # The same rule as the annotator's own change: the chosen response is an assistant turn now.
+    target = world["c"]["t1u1"]
+    Turn.objects.create(dialogue=target.task.dialogue, index=99, role=Turn.Role.ASSISTANT,
+                        content=target.chosen_response.text, from_response=target.chosen_response)
+    with pytest.raises(ValidationError) as exc:
+        review.correct(world["rev"], target.pk, LabelInput(chosen="B", strength="better"))
+    assert list(exc.value.message_dict) == ["chosen"]
+    assert _state(target) == "pending" and ComparisonRevision.objects.count() == 0
+    review.correct(world["rev"], target.pk, LabelInput(chosen="A", strength="slightly_better", note=""))
+    target.refresh_from_db()
+    assert (target.strength, target.qa_state) == ("slightly_better", "corrected")
 
 
 def test_correct_validates_like_a_submit(world):

@@ -160,30 +160,34 @@ def revise_comparison(user: AbstractBaseUser, comparison_id: int, label: LabelIn
         if comparison.task.batch.status == AnnotationBatch.Status.CLOSED:
             raise ValidationError({"task": "This batch is closed; its labels can no longer be changed."})
         category = _validate_label(comparison.task.batch, label)
-        if label.chosen != comparison.chosen and Turn.objects.filter(
-            from_response=comparison.chosen_response
-        ).exists():
-            # The chosen response is already the assistant turn of a continued dialogue; flipping the choice
-            # would leave that dialogue built on the rejected response.
-            raise ValidationError({"chosen": "You continued the dialogue from this choice, so it cannot change; "
-                                             "strength, safety labels and the note still can."})
-        ComparisonRevision.objects.create(
-            comparison=comparison,
-            chosen=comparison.chosen,
-            strength=comparison.strength,
-            response_a_safe=comparison.response_a_safe,
-            response_b_safe=comparison.response_b_safe,
-            safety_category=comparison.safety_category,
-            note=comparison.note,
-            changed_by=user,
-        )
-        comparison.chosen = label.chosen
-        comparison.strength = label.strength
-        comparison.response_a_safe = label.response_a_safe
-        comparison.response_b_safe = label.response_b_safe
-        comparison.safety_category = category
-        comparison.note = label.note.strip()
-        if comparison.is_gold:
-            comparison.gold_correct = label.chosen == comparison.task.gold_item.answer
-        comparison.save()
+        replace_label(comparison, label, category, changed_by=user)
         return comparison
+
+
+def replace_label(comparison: Comparison, label: LabelInput, category: str, *, changed_by: AbstractBaseUser,
+                  qa_state: str | None = None) -> None:
+    """Put a validated label in place of the comparison's (inside the caller's transaction, under its row lock),
+    keeping the version it replaces as a ``ComparisonRevision`` by ``changed_by``. Shared by the annotator's
+    change and a reviewer's correction. ``qa_state`` sets the review state too; ``None`` leaves it."""
+    if label.chosen != comparison.chosen and Turn.objects.filter(from_response=comparison.chosen_response).exists():
+        # The chosen response is already the assistant turn of a continued dialogue; flipping the choice
+        # would leave that dialogue built on the rejected response.
+        raise ValidationError({"chosen": "The dialogue was continued from this choice, so it cannot change; "
+                                         "strength, safety labels and the note still can."})
+    ComparisonRevision.objects.create(
+        comparison=comparison, chosen=comparison.chosen, strength=comparison.strength,
+        response_a_safe=comparison.response_a_safe, response_b_safe=comparison.response_b_safe,
+        safety_category=comparison.safety_category, note=comparison.note, qa_state=comparison.qa_state,
+        changed_by=changed_by,
+    )
+    comparison.chosen = label.chosen
+    comparison.strength = label.strength
+    comparison.response_a_safe = label.response_a_safe
+    comparison.response_b_safe = label.response_b_safe
+    comparison.safety_category = category
+    if qa_state is not None:
+        comparison.qa_state = qa_state
+    comparison.note = label.note.strip()
+    if comparison.is_gold:
+        comparison.gold_correct = label.chosen == comparison.task.gold_item.answer
+    comparison.save()

@@ -13,14 +13,16 @@ correct after approve, a second correction) is logged as a new action, with the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import Http404
 
 from annotation import selectors
-from annotation.models import Comparison, ComparisonRevision, ReviewAction
-from annotation.services.labels import LabelInput, _validate_label
+from annotation.models import Comparison, ReviewAction
+from annotation.services.labels import LabelInput, _validate_label, replace_label
 
 REASON_MAX_CHARS = 2000
 
@@ -39,15 +41,6 @@ def _locked_comparison(reviewer: AbstractBaseUser, comparison_id: int) -> Compar
     if comparison.is_gold:
         raise ValidationError({"comparison": "Gold checks are not reviewed."})
     return comparison
-
-
-def _keep_revision(comparison: Comparison, reviewer: AbstractBaseUser) -> None:
-    ComparisonRevision.objects.create(
-        comparison=comparison, chosen=comparison.chosen, strength=comparison.strength,
-        response_a_safe=comparison.response_a_safe, response_b_safe=comparison.response_b_safe,
-        safety_category=comparison.safety_category, note=comparison.note, qa_state=comparison.qa_state,
-        changed_by=reviewer,
-    )
 
 
 def _set_state(reviewer, comparison_id: int, action: str, state: str, reason: str = "") -> ReviewAction:
@@ -83,16 +76,9 @@ def correct(reviewer: AbstractBaseUser, comparison_id: int, label: LabelInput, r
     with transaction.atomic():
         comparison = _locked_comparison(reviewer, comparison_id)
         category = _validate_label(comparison.task.batch, label)
-        _keep_revision(comparison, reviewer)
-        comparison.chosen = label.chosen
-        comparison.strength = label.strength
-        comparison.response_a_safe = label.response_a_safe
-        comparison.response_b_safe = label.response_b_safe
-        comparison.safety_category = category
-        if label.note.strip():
-            comparison.note = label.note.strip()
-        comparison.qa_state = Comparison.QAState.CORRECTED
-        comparison.save()
+        if not label.note.strip():  # a correction without a note keeps the annotator's
+            label = replace(label, note=comparison.note)
+        replace_label(comparison, label, category, changed_by=reviewer, qa_state=Comparison.QAState.CORRECTED)
         return ReviewAction.objects.create(comparison=comparison, action=ReviewAction.Action.CORRECT,
                                            reason=(reason or "").strip()[:REASON_MAX_CHARS], reviewer=reviewer)
 
