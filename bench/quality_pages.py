@@ -6,10 +6,12 @@ here): --batches batches of --per-batch comparisons (overlap 2: each task labell
 annotators shared by all batches), the strength shares drifting from batch to batch (fewer "significantly
 better", more "negligibly better", as in Llama 2's Fig. 25), every other batch a safety batch with the paper's
 18/47/35 safety shares, both shown orders, 1% gold checks, 2% rejected labels, one or three turns per dialogue,
-labels spread over a week; then one small batch of --baseline comparisons; then ANALYZE. Each page is fetched
-with the Django test client as a staff user (the annotator page and "my numbers" as an annotator), once untimed
-and then --repeat times; it prints the median, the ratio against the small batch and whether the page meets the
-500 ms target.
+labels spread over a week; then one small batch of --baseline comparisons; then VACUUM ANALYZE. Each page is
+fetched with the Django test client as a staff user (the annotator page and "my numbers" as an annotator): once
+with no dashboard snapshot (a batch never viewed), then --repeat times unchanged, then --repeat times each right
+after one of the batch's labels was edited (the older snapshot is shown and a refresh queued); it prints the
+medians, the ratio against the small batch, whether the page meets the 500 ms target, and how long the worker's
+refresh of the large batch's snapshot takes.
 
     python bench/quality_pages.py [--batches 10] [--per-batch 100000] [--baseline 1000] [--repeat 5]
 
@@ -28,6 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
+# A Redis database of its own (cache and the refresh messages it queues), emptied afterwards, so nothing of the
+# bench reaches the platform's workers or cache.
+REDIS_DB = 14
+if os.environ.get("REDIS_URL"):
+    os.environ["REDIS_URL"] = os.environ["REDIS_URL"].rsplit("/", 1)[0] + f"/{REDIS_DB}"
 
 TARGET_MS = 500.0
 DATABASE = "ladder_bench_quality"
@@ -98,6 +105,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--annotators", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help=f"keep the database {DATABASE} (to EXPLAIN queries)")
+    parser.add_argument("--reuse", action="store_true", help=f"time the pages on the database {DATABASE} kept "
+                        "by an earlier --keep run (no seeding)")
     return parser.parse_args()
 
 
@@ -120,22 +129,29 @@ def seed_batch(name: str, comparisons: int, index: int, annotators: list, *, saf
     return batch
 
 
-def timed(client, url: str, repeat: int) -> float:
-    """The median of ``repeat`` warm fetches (after one untimed: plans, buffers and the dashboards' cache)."""
+def timed(client, url: str, repeat: int, touch) -> dict[str, float]:
+    """One page's times in ms: ``first``, the batch never viewed (no snapshot: computed while the viewer
+    waits); ``warm``, the median of ``repeat`` views with nothing changed; ``changed``, the median of ``repeat``
+    views each right after a label of the batch changed (``touch``): the older snapshot is shown and a refresh
+    queued."""
     from django.core.cache import cache
 
     cache.clear()
-    started = time.perf_counter()
-    response = client.get(url)
-    timed.first = (time.perf_counter() - started) * 1000
-    if response.status_code != 200:
-        raise SystemExit(f"{url}: {response.status_code}")
-    seconds = []
-    for _ in range(repeat):
+
+    def get() -> float:
         started = time.perf_counter()
-        client.get(url)
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds) * 1000
+        response = client.get(url)
+        if response.status_code != 200:
+            raise SystemExit(f"{url}: {response.status_code}")
+        return (time.perf_counter() - started) * 1000
+
+    first = get()
+    warm = statistics.median(get() for _ in range(repeat))
+    changed = []
+    for _ in range(repeat):
+        touch()
+        changed.append(get())
+    return {"first": first, "warm": warm, "changed": statistics.median(changed)}
 
 
 def main() -> int:
@@ -152,23 +168,35 @@ def main() -> int:
     setup_test_environment()
     old_name = connection.settings_dict["NAME"]
     connection.settings_dict.setdefault("TEST", {})["NAME"] = DATABASE  # not a database the tests use
-    connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    if args.reuse:
+        connection.close()
+        connection.settings_dict["NAME"] = DATABASE
+    else:
+        connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
+        from annotation.models import AnnotationBatch
+
         users = get_user_model()
-        password = make_password(None)
-        people = users.objects.bulk_create(users(username=f"bench-annotator-{i}", password=password)
-                                           for i in range(args.annotators))
-        staff = users.objects.create(username="bench-staff", is_staff=True, password=password)
-        started = time.perf_counter()
-        large = [seed_batch(f"bench batch {i + 1}", args.per_batch, i, people, safety=i % 2 == 1)
-                 for i in range(args.batches)]
-        small = seed_batch("bench baseline", args.baseline, args.batches, people, safety=True)
+        if args.reuse:
+            people = list(users.objects.filter(username__startswith="bench-annotator-").order_by("pk"))
+            staff = users.objects.get(username="bench-staff")
+            *large, small = AnnotationBatch.objects.order_by("pk")
+        else:
+            password = make_password(None)
+            people = users.objects.bulk_create(users(username=f"bench-annotator-{i}", password=password)
+                                               for i in range(args.annotators))
+            staff = users.objects.create(username="bench-staff", is_staff=True, password=password)
+            started = time.perf_counter()
+            large = [seed_batch(f"bench batch {i + 1}", args.per_batch, i, people, safety=i % 2 == 1)
+                     for i in range(args.batches)]
+            small = seed_batch("bench baseline", args.baseline, args.batches, people, safety=True)
+            with connection.cursor() as cursor:
+                cursor.execute("VACUUM ANALYZE")  # the steady state autovacuum keeps: visibility map, statistics
+            print(f"quality_pages: seeded {args.batches + 1} batches in {time.perf_counter() - started:.0f} s",
+                  flush=True)
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE")
             cursor.execute("SELECT count(*) FROM annotation_comparison")
             total = cursor.fetchone()[0]
-        print(f"quality_pages: seeded {total:,} comparisons in {args.batches + 1} batches "
-              f"in {time.perf_counter() - started:.0f} s", flush=True)
         as_staff, as_annotator = Client(), Client()
         as_staff.force_login(staff)
         as_annotator.force_login(people[0])
@@ -180,29 +208,46 @@ def main() -> int:
             ("batch API", as_staff, "/api/v1/batches/{b}/stats/"),
             ("annotator API", as_staff, "/api/v1/batches/{b}/annotators/{a}/stats/"),
         ]
-        over, over_cold = [], []
+        def touch(batch):
+            def edit():  # an annotator edits a label: its updated_at moves, so the batch's fingerprint changes
+                with connection.cursor() as cursor:
+                    cursor.execute("UPDATE annotation_comparison SET updated_at = now() WHERE id = "
+                                   "(SELECT max(id) FROM annotation_comparison WHERE batch_id = %s)", [batch.pk])
+            return edit
+
+        over = []
         for name, client, url in pages:
-            big = timed(client, url.format(b=target.pk, a=who), args.repeat)
-            cold = timed.first
-            base = timed(client, url.format(b=small.pk, a=who), args.repeat)
-            ok = big <= TARGET_MS
-            over += [] if ok else [name]
-            over_cold += [] if cold <= TARGET_MS else [f"{name} {cold:.0f} ms"]
-            print(f"  {name:<15} {args.per_batch:,}-label batch {big:7.1f} ms   {args.baseline:,}-label batch "
-                  f"{base:6.1f} ms   ratio {big / base:5.2f}x   {'<=' if ok else '>'} {TARGET_MS:.0f} ms   "
-                  f"(first, cache cold: {cold:.0f} ms)", flush=True)
-        mine = timed(as_annotator, "/quality/me/", args.repeat)
-        over += [] if mine <= TARGET_MS else ["my numbers"]
-        print(f"  {'my numbers':<15} {args.batches + 1} batches, {total // args.annotators:,} own labels "
-              f"{mine:7.1f} ms   {'<=' if mine <= TARGET_MS else '>'} {TARGET_MS:.0f} ms", flush=True)
-        print(f"target {TARGET_MS:.0f} ms per page at {total:,} comparisons: warm (cached) "
-              + ("met" if not over else f"NOT MET ({', '.join(over)})")
-              + "; first view after a label change "
-              + ("met" if not over_cold else f"NOT MET ({', '.join(over_cold)})"))
+            big = timed(client, url.format(b=target.pk, a=who), args.repeat, touch(target))
+            base = timed(client, url.format(b=small.pk, a=who), args.repeat, touch(small))
+            worst = max(big["warm"], big["changed"])
+            over += [] if worst <= TARGET_MS else [name]
+            print(f"  {name:<15} {args.per_batch:,}-label batch: unchanged {big['warm']:6.1f} ms, after a label "
+                  f"change {big['changed']:6.1f} ms   {args.baseline:,}-label batch: {base['warm']:5.1f} / "
+                  f"{base['changed']:5.1f} ms   ratio {worst / max(base['warm'], base['changed']):5.2f}x   "
+                  f"{'<=' if worst <= TARGET_MS else '>'} {TARGET_MS:.0f} ms   "
+                  f"(never viewed before: {big['first']:.0f} ms)", flush=True)
+        mine = timed(as_annotator, "/quality/me/", args.repeat, touch(target))
+        worst = max(mine["warm"], mine["changed"])
+        over += [] if worst <= TARGET_MS else ["my numbers"]
+        print(f"  {'my numbers':<15} {args.batches + 1} batches, {total // args.annotators:,} own labels: "
+              f"unchanged {mine['warm']:6.1f} ms, after a label change {mine['changed']:6.1f} ms   "
+              f"{'<=' if worst <= TARGET_MS else '>'} {TARGET_MS:.0f} ms", flush=True)
+        from annotation.quality import dashboards
+
+        started = time.perf_counter()
+        dashboards.refresh_batch(target.pk)
+        refresh = time.perf_counter() - started
+        print(f"  worker refresh of the {args.per_batch:,}-label batch's snapshot (agreement, Table 6, drift): "
+              f"{refresh:.1f} s; a batch never viewed waits this long once", flush=True)
+        print(f"target {TARGET_MS:.0f} ms per page at {total:,} comparisons, with the labels unchanged and right "
+              "after a label change: " + ("met" if not over else f"NOT MET ({', '.join(over)})"))
         return 0
     finally:
+        from django.core.cache import cache
+
+        cache.clear()
         connection.close()
-        if not args.keep:
+        if not (args.keep or args.reuse):
             connection.creation.destroy_test_db(old_name, verbosity=0)
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET
 
 from annotation import selectors
-from annotation.quality import dashboards, stats
+from annotation.quality import dashboards
 from frontend import quality_charts as charts
 
 
@@ -20,7 +21,8 @@ def batch_dashboard(request: HttpRequest, batch_id: int) -> HttpResponse:
     batch, _ = selectors.get_batch_for_stats(request.user, batch_id)
     data = dashboards.batch_dashboard(batch)
     return render(request, "frontend/quality_batch.html", {
-        "batch": batch, "s": data, "drift": charts.stacked_strength(data["drift"]),
+        "batch": batch, "s": data, "snapshot_at": parse_datetime(data["snapshot"]["computed_at"]),
+        "drift": charts.stacked_strength(data["drift"]),
         "hours": charts.hourly_bars(data["per_hour"]), "safety": charts.safety_bars(data["safety"]),
         "gauge": charts.position_gauge(data["position_bias"]["share_left"]),
         "annotators": batch.annotators.order_by("username"),
@@ -33,7 +35,8 @@ def annotator_dashboard(request: HttpRequest, batch_id: int, user_id: int) -> Ht
     batch, annotator = selectors.get_batch_for_stats(request.user, batch_id, user_id)
     data = dashboards.annotator_dashboard(batch, annotator)
     return render(request, "frontend/quality_annotator.html", {
-        "batch": batch, "annotator": annotator, "s": data, "hours": charts.hourly_bars(data["per_hour"]),
+        "batch": batch, "annotator": annotator, "s": data,
+        "snapshot_at": parse_datetime(data["snapshot"]["computed_at"]), "hours": charts.hourly_bars(data["per_hour"]),
         "gauge": charts.position_gauge(data["position_bias"]["share_left"]),
         "strength": charts.stacked_strength([{"name": annotator.get_username(), "comparisons": data["comparisons"],
                                               "strength": data["strength"]}]),
@@ -44,5 +47,7 @@ def annotator_dashboard(request: HttpRequest, batch_id: int, user_id: int) -> Ht
 @require_GET
 def my_numbers(request: HttpRequest) -> HttpResponse:
     """The annotator's own numbers in each batch assigned to them (no agreement here: see each batch's page)."""
-    rows = stats.annotator_overview(selectors.batches_for_annotator(request.user).order_by("-pk"), request.user)
-    return render(request, "frontend/quality_me.html", {"rows": rows})
+    data = dashboards.annotator_overview(request.user)
+    return render(request, "frontend/quality_me.html", {
+        "rows": data["rows"], "s": data, "snapshot_at": parse_datetime(data["snapshot"]["computed_at"]),
+    })

@@ -193,11 +193,105 @@ def test_query_count_does_not_grow_with_comparisons_or_annotators(world, url, dj
         client.get(url)
 
 
-def test_cached_table6_and_agreement_follow_a_rejected_label(world):
-    from annotation.quality import dashboards
+@pytest.fixture(autouse=True)
+def _no_snapshots():
+    """Each test starts without dashboard snapshots (batch ids can repeat between tests)."""
+    from django.core.cache import cache
 
-    assert dashboards.batch_dashboard(world["batch"])["table6"]["comparisons"] == 5
+    cache.clear()
+
+
+def _reject_alices_left_label(world):
     Comparison.objects.filter(annotator=world["alice"], task__shown_order="BA", is_gold=False).update(
         qa_state="rejected")
+
+
+def test_a_changed_label_shows_the_older_snapshot_at_once_and_the_refresh_brings_it_up_to_date(world):
+    from annotation.quality import dashboards
+
+    first = dashboards.batch_dashboard(world["batch"])
+    assert first["table6"]["comparisons"] == 5 and first["snapshot"]["fresh"]
+    _reject_alices_left_label(world)
+    stale = dashboards.batch_dashboard(world["batch"])
+    # The older numbers, said to be older, and one refresh asked of the workers (not one per view).
+    assert (stale["comparisons"], stale["table6"]["comparisons"], stale["agreement"]["labels"]) == (5, 5, 5)
+    assert stale["snapshot"] == {**first["snapshot"], "fresh": False, "refreshing": True}
+    from django.core.cache import cache
+
+    assert cache.get(dashboards._lock_key("batch", world["batch"].pk)) == 1  # the refresh under way blocks a second one
+    dashboards.refresh_batch(world["batch"].pk)  # what the worker's task runs
     again = dashboards.batch_dashboard(world["batch"])
     assert (again["comparisons"], again["table6"]["comparisons"], again["agreement"]["labels"]) == (4, 4, 4)
+    assert again["snapshot"]["fresh"] and again["snapshot"]["computed_at"] > first["snapshot"]["computed_at"]
+    mine = dashboards.annotator_dashboard(world["batch"], world["alice"])
+    assert mine["comparisons"] == 2 and mine["snapshot"]["fresh"]
+
+
+def test_the_page_says_its_numbers_are_older_and_polls_until_the_refresh(world):
+    client = Client()
+    client.force_login(world["staff"])
+    url = f"/quality/batches/{world['batch'].pk}/"
+    assert b"(up to date)" in client.get(url).content
+    _reject_alices_left_label(world)
+    page = client.get(url).content.decode()
+    assert "a worker is refreshing them" in page and 'hx-trigger="every 3s"' in page
+    from annotation.quality import dashboards
+
+    dashboards.refresh_batch(world["batch"].pk)
+    page = client.get(url).content.decode()
+    assert "(up to date)" in page and "every 3s" not in page
+
+
+def test_inline_refresh_recomputes_before_answering(world, settings):
+    from annotation.quality import dashboards
+
+    settings.LADDER_DASHBOARD_REFRESH = "inline"
+    assert dashboards.batch_dashboard(world["batch"])["table6"]["comparisons"] == 5
+    _reject_alices_left_label(world)
+    again = dashboards.batch_dashboard(world["batch"])
+    assert (again["comparisons"], again["table6"]["comparisons"], again["agreement"]["labels"]) == (4, 4, 4)
+    assert again["snapshot"]["fresh"]
+
+
+def test_progress_is_read_at_each_view_not_from_the_snapshot(world):
+    from annotation.quality import dashboards
+
+    before = dashboards.batch_dashboard(world["batch"])["progress"]["tasks"]
+    make_pairs(world["batch"], 2)
+    assert dashboards.batch_dashboard(world["batch"])["progress"]["tasks"] == before + 2
+
+
+def test_a_real_worker_refreshes_the_snapshot(transactional_db, world, celery_worker_process):
+    import time
+
+    from annotation.quality import dashboards
+
+    dashboards.batch_dashboard(world["batch"])
+    _reject_alices_left_label(world)
+    assert dashboards.batch_dashboard(world["batch"])["snapshot"]["refreshing"]
+    deadline = time.monotonic() + 60
+    while not (now := dashboards.batch_dashboard(world["batch"]))["snapshot"]["fresh"]:
+        assert time.monotonic() < deadline, celery_worker_process.log.read_text()[-3000:]
+        time.sleep(0.3)
+    assert (now["comparisons"], now["table6"]["comparisons"], now["agreement"]["labels"]) == (4, 4, 4)
+
+
+def test_my_numbers_follow_the_annotators_labels_through_the_refresh(world):
+    from annotation.quality import dashboards
+
+    client = Client()
+    client.force_login(world["alice"])
+    first = dashboards.annotator_overview(world["alice"])
+    assert [r["s"]["comparisons"] for r in first["rows"]] == [3] and first["snapshot"]["fresh"]
+    _reject_alices_left_label(world)
+    page = client.get("/quality/me/").content.decode()
+    assert "a worker is refreshing them" in page
+    dashboards.refresh("annotator", world["alice"].pk)
+    again = dashboards.annotator_overview(world["alice"])
+    assert [r["s"]["comparisons"] for r in again["rows"]] == [2] and again["snapshot"]["fresh"]
+    # A batch newly assigned to her makes the snapshot stale too (the batch list is part of the fingerprint).
+    world["other"].annotators.add(world["alice"])
+    assert not dashboards.annotator_overview(world["alice"])["snapshot"]["fresh"]
+    dashboards.refresh("annotator", world["alice"].pk)
+    rows = dashboards.annotator_overview(world["alice"])["rows"]
+    assert [r["batch"].pk for r in rows] == [world["other"].pk, world["batch"].pk]

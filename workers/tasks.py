@@ -6,6 +6,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from annotation import generation, services
+from annotation.quality import dashboards as quality_dashboards
 from rlhf import reward_runs, rounds
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,15 @@ def check_annotator_quality(user_id: int, batch_id: int) -> list[int]:
     """Judge one annotator's labels in a batch (gold accuracy, speed, side bias); return the flags opened.
     Idempotent: at most one open flag per reason."""
     return [flag.pk for flag in services.evaluate_annotator(user_id, batch_id)]
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
+             max_retries=3)
+def refresh_quality_dashboard(what: str, ident: int) -> str | None:
+    """Recompute a dashboard snapshot: a batch's (agreement, Table 6, ...) or an annotator's "my numbers";
+    idempotent. Returns its time."""
+    snapshot = quality_dashboards.refresh(what, ident)
+    return snapshot["computed_at"] if snapshot else None
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,

@@ -186,7 +186,7 @@ def table6(batch_id: int) -> dict[str, Any]:
     }
 
 
-def _progress(batch: AnnotationBatch) -> dict[str, Any]:
+def progress(batch: AnnotationBatch) -> dict[str, Any]:
     """Queue pairs (as the workspace counts them: no gold items, no prompt-mode tasks) and the complete ones."""
     counts = ComparisonTask.objects.filter(
         batch=batch, owner__isnull=True, gold_item__isnull=True,
@@ -198,7 +198,7 @@ def _progress(batch: AnnotationBatch) -> dict[str, Any]:
 def batch_stats(batch: AnnotationBatch) -> dict[str, Any]:
     stats = _label_stats(batch.pk, None)
     stats["batch"] = {"id": batch.pk, "name": batch.name, "focus": batch.focus, "overlap": batch.overlap}
-    stats["progress"] = _progress(batch)
+    stats["progress"] = progress(batch)
     return stats
 
 
@@ -209,11 +209,24 @@ def annotator_stats(batch: AnnotationBatch, annotator) -> dict[str, Any]:
     return stats
 
 
-def annotator_overview(batches, annotator) -> list[dict[str, Any]]:
-    """An annotator's numbers in each of ``batches`` (one query for them all)."""
-    batches = list(batches)
-    by_batch = _label_stats_many([b.pk for b in batches], annotator.pk)
-    return [{"batch": b, "s": by_batch[b.pk]} for b in batches]
+def annotator_overview_by_batch(batch_ids: list[int], annotator_id: int) -> dict[int, dict[str, Any]]:
+    """An annotator's numbers in each of ``batch_ids``, in that order (one query for them all)."""
+    return _label_stats_many(batch_ids, annotator_id)
+
+
+_ANNOTATOR_FINGERPRINT_SQL = """
+SELECT count(*), count(*) FILTER (WHERE c.qa_state = 'rejected'), count(*) FILTER (WHERE c.is_gold),
+       max(c.updated_at), max(c.id)
+FROM annotation_comparison c WHERE c.annotator_id = %(annotator)s
+"""
+
+
+def annotator_fingerprint(annotator_id: int) -> str:
+    """As ``fingerprint``, over one annotator's labels in every batch."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ANNOTATOR_FINGERPRINT_SQL, {"annotator": annotator_id})
+        n, rejected, gold, updated, last = cursor.fetchone()
+    return f"{n}-{rejected}-{gold}-{updated.timestamp() if updated else 0}-{last}"
 
 
 def drift_across_batches(batches) -> list[dict[str, Any]]:

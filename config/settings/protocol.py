@@ -75,3 +75,8 @@ LADDER_QUALITY_MIN_LABELS = env_int("LADDER_QUALITY_MIN_LABELS", 20, minimum=1)
 LADDER_QUALITY_AUTO_PAUSE = env_bool("LADDER_QUALITY_AUTO_PAUSE", True)
 # Share of each batch's labels drawn (deterministically) into the review queue beside flagged and disputed ones.
 LADDER_REVIEW_SAMPLE_RATE = env_float("LADDER_REVIEW_SAMPLE_RATE", 0.05, minimum=0.0)
+# Quality dashboards: a batch's numbers are computed whole (agreement and Table 6 read every label) and kept as a
+# snapshot. "worker": a view that finds the labels changed since the snapshot shows it at once, marked with its
+# time, and asks a worker (queue default) to refresh it; "inline": the view recomputes before answering (slow on
+# large batches; for setups without workers). A batch never viewed is always computed inline.
+LADDER_DASHBOARD_REFRESH = env_choice("LADDER_DASHBOARD_REFRESH", "worker", ["worker", "inline"])
