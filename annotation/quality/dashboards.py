@@ -37,11 +37,11 @@ REFRESH_LOCK_SECONDS = 120
 REFRESH_TASK = "workers.tasks.refresh_quality_dashboard"
 
 
-def _key(what: str, ident: int) -> str:
+def _key(what: str, ident: int | str) -> str:
     return f"quality:snapshot:v2:{what}:{ident}"
 
 
-def _lock_key(what: str, ident: int) -> str:
+def _lock_key(what: str, ident: int | str) -> str:
     return f"quality:refreshing:{what}:{ident}"
 
 
@@ -73,22 +73,37 @@ def _compute_annotator(user_id: int) -> dict[int, dict[str, Any]]:
     return stats.annotator_overview_by_batch([b.pk for b in batches], user_id)
 
 
+def _member_ids(ident: str) -> tuple[int, int]:
+    batch_id, user_id = (int(part) for part in ident.split(":"))
+    return batch_id, user_id
+
+
+def _member_fingerprint(ident: str) -> str:
+    return stats.fingerprint(*_member_ids(ident))
+
+
+def _compute_member(ident: str) -> dict[str, Any]:
+    batch_id, user_id = _member_ids(ident)
+    return stats.annotator_stats(AnnotationBatch.objects.get(pk=batch_id), get_user_model().objects.get(pk=user_id))
+
+
 # What a snapshot can be of: its fingerprint (read before computing) and its computation, by id.
 _KINDS = {
     "batch": (stats.fingerprint, lambda ident: compute_batch(AnnotationBatch.objects.get(pk=ident))),
-    "annotator": (_annotator_fingerprint, _compute_annotator),
+    "annotator": (_annotator_fingerprint, _compute_annotator),  # ident: the user id
+    "member": (_member_fingerprint, _compute_member),  # ident: "batch_id:user_id"
 }
 
 
-def refresh(what: str, ident: int) -> dict[str, Any] | None:
-    """Recompute and store a snapshot (``what`` "batch" or "annotator"; the worker's task; idempotent). The
+def refresh(what: str, ident: int | str) -> dict[str, Any] | None:
+    """Recompute and store a snapshot (``what`` one of ``_KINDS``; the worker's task; idempotent). The
     fingerprint is read before the numbers, so labels written meanwhile make the snapshot stale again rather than
     hide behind it. None when the batch is gone."""
     fingerprint_of, compute = _KINDS[what]
     try:
         fingerprint = fingerprint_of(ident)
         snapshot = {"fingerprint": fingerprint, "computed_at": timezone.now().isoformat(), "data": compute(ident)}
-    except AnnotationBatch.DoesNotExist:
+    except (AnnotationBatch.DoesNotExist, get_user_model().DoesNotExist):
         return None
     finally:
         cache.delete(_lock_key(what, ident))
@@ -100,7 +115,7 @@ def refresh_batch(batch_id: int) -> dict[str, Any] | None:
     return refresh("batch", batch_id)
 
 
-def _request_refresh(what: str, ident: int) -> bool:
+def _request_refresh(what: str, ident: int | str) -> bool:
     """Ask a worker to refresh the snapshot, unless a refresh is already under way. False when the broker could
     not be reached: the viewer still gets the older snapshot, and the next view asks again."""
     if not cache.add(_lock_key(what, ident), 1, REFRESH_LOCK_SECONDS):
@@ -116,7 +131,7 @@ def _request_refresh(what: str, ident: int) -> bool:
     return True
 
 
-def _snapshot(what: str, ident: int) -> dict[str, Any]:
+def _snapshot(what: str, ident: int | str) -> dict[str, Any]:
     """The snapshot with its freshness: ``{"data", "computed_at", "fresh", "refreshing"}``."""
     fingerprint_of, _ = _KINDS[what]
     current = fingerprint_of(ident)
@@ -140,13 +155,16 @@ def batch_dashboard(batch: AnnotationBatch) -> dict[str, Any]:
 
 
 def annotator_dashboard(batch: AnnotationBatch, annotator) -> dict[str, Any]:
-    """One annotator's numbers (live: one indexed aggregate); of the agreement only their own line (agreement
-    with the others' majority), from the batch's snapshot."""
-    data = stats.annotator_stats(batch, annotator)
-    snapshot = _snapshot("batch", batch.pk)
-    per_annotator = snapshot["data"]["agreement"].get("per_annotator", [])
+    """One annotator's numbers in a batch (their own snapshot); of the agreement only their own line (agreement
+    with the others' majority), from the batch's snapshot. Fresh when both are."""
+    mine = _snapshot("member", f"{batch.pk}:{annotator.pk}")
+    whole = _snapshot("batch", batch.pk)
+    data = dict(mine["data"])
+    per_annotator = whole["data"]["agreement"].get("per_annotator", [])
     data["agreement"] = next((a for a in per_annotator if a["annotator_id"] == annotator.pk), None)
-    data["snapshot"] = _freshness(snapshot)
+    older = min(mine, whole, key=lambda snap: snap["computed_at"])
+    data["snapshot"] = {"computed_at": older["computed_at"], "fresh": mine["fresh"] and whole["fresh"],
+                        "refreshing": mine["refreshing"] or whole["refreshing"]}
     return data
 
 

@@ -158,15 +158,16 @@ def _label_stats(batch_id: int, annotator_id: int | None) -> dict[str, Any]:
 _FINGERPRINT_SQL = """
 SELECT count(*), count(*) FILTER (WHERE c.qa_state = 'rejected'), count(*) FILTER (WHERE c.is_gold),
        max(c.updated_at), max(c.id)
-FROM annotation_comparison c WHERE c.batch_id = %(batch)s
+FROM annotation_comparison c WHERE c.batch_id = %(batch)s {annotator}
 """
 
 
-def fingerprint(batch_id: int) -> str:
-    """Changes whenever a label of the batch is added, edited, rejected or deleted: the key under which the
-    dashboards cache what is costly to recompute (Table 6, agreement)."""
+def fingerprint(batch_id: int, annotator_id: int | None = None) -> str:
+    """Changes whenever a label of the batch (of one annotator in it, if given) is added, edited, rejected or
+    deleted: what the dashboards' snapshots are checked against."""
+    where = "AND c.annotator_id = %(annotator)s" if annotator_id is not None else ""
     with connection.cursor() as cursor:
-        cursor.execute(_FINGERPRINT_SQL, {"batch": batch_id})
+        cursor.execute(_FINGERPRINT_SQL.format(annotator=where), {"batch": batch_id, "annotator": annotator_id})
         n, rejected, gold, updated, last = cursor.fetchone()
     return f"{n}-{rejected}-{gold}-{updated.timestamp() if updated else 0}-{last}"
 
