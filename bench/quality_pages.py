@@ -235,7 +235,7 @@ def main() -> int:
         from annotation.quality import dashboards
 
         started = time.perf_counter()
-        dashboards.refresh_batch(target.pk)
+        dashboards.refresh("batch", target.pk)
         refresh = time.perf_counter() - started
         print(f"  worker refresh of the {args.per_batch:,}-label batch's snapshot (agreement, Table 6, drift): "
               f"{refresh:.1f} s; a batch never viewed waits this long once", flush=True)

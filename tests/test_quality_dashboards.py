@@ -219,7 +219,7 @@ def test_a_changed_label_shows_the_older_snapshot_at_once_and_the_refresh_brings
     from django.core.cache import cache
 
     assert cache.get(dashboards._lock_key("batch", world["batch"].pk)) == 1  # the refresh under way blocks a second one
-    dashboards.refresh_batch(world["batch"].pk)  # what the worker's task runs
+    dashboards.refresh("batch", world["batch"].pk)  # what the worker's task runs
     again = dashboards.batch_dashboard(world["batch"])
     assert (again["comparisons"], again["table6"]["comparisons"], again["agreement"]["labels"]) == (4, 4, 4)
     assert again["snapshot"]["fresh"] and again["snapshot"]["computed_at"] > first["snapshot"]["computed_at"]
@@ -237,7 +237,7 @@ def test_the_page_says_its_numbers_are_older_and_polls_until_the_refresh(world):
     assert "a worker is refreshing them" in page and 'hx-trigger="every 3s"' in page
     from annotation.quality import dashboards
 
-    dashboards.refresh_batch(world["batch"].pk)
+    dashboards.refresh("batch", world["batch"].pk)
     page = client.get(url).content.decode()
     assert "(up to date)" in page and "every 3s" not in page
 

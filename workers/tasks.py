@@ -43,8 +43,7 @@ def check_annotator_quality(user_id: int, batch_id: int) -> list[int]:
              max_retries=3)
 def refresh_quality_dashboard(what: str, ident: int | str) -> str | None:
     """Recompute a dashboard snapshot: a batch's (agreement, Table 6, ...), an annotator's in a batch, or an
-    annotator's "my numbers";
-    idempotent. Returns its time."""
+    annotator's "my numbers"; idempotent. Returns its time."""
     snapshot = quality_dashboards.refresh(what, ident)
     return snapshot["computed_at"] if snapshot else None
 

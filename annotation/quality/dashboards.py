@@ -64,7 +64,7 @@ def _annotator_batches(user_id: int) -> list[AnnotationBatch]:
 
 
 def _annotator_fingerprint(user_id: int) -> str:
-    return f"{stats.annotator_fingerprint(user_id)}|{','.join(str(b.pk) for b in _annotator_batches(user_id))}"
+    return f"{stats.fingerprint(None, user_id)}|{','.join(str(b.pk) for b in _annotator_batches(user_id))}"
 
 
 def _compute_annotator(user_id: int) -> dict[int, dict[str, Any]]:
@@ -111,10 +111,6 @@ def refresh(what: str, ident: int | str) -> dict[str, Any] | None:
     return snapshot
 
 
-def refresh_batch(batch_id: int) -> dict[str, Any] | None:
-    return refresh("batch", batch_id)
-
-
 def _request_refresh(what: str, ident: int | str) -> bool:
     """Ask a worker to refresh the snapshot, unless a refresh is already under way. False when the broker could
     not be reached: the viewer still gets the older snapshot, and the next view asks again."""
@@ -139,7 +135,6 @@ def _snapshot(what: str, ident: int | str) -> dict[str, Any]:
     if snapshot is not None and snapshot["fingerprint"] == current:
         return {**snapshot, "fresh": True, "refreshing": False}
     if snapshot is None or settings.LADDER_DASHBOARD_REFRESH == "inline":
-        cache.add(_lock_key(what, ident), 1, REFRESH_LOCK_SECONDS)
         return {**refresh(what, ident), "fresh": True, "refreshing": False}
     return {**snapshot, "fresh": False, "refreshing": _request_refresh(what, ident)}
 

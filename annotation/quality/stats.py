@@ -158,16 +158,17 @@ def _label_stats(batch_id: int, annotator_id: int | None) -> dict[str, Any]:
 _FINGERPRINT_SQL = """
 SELECT count(*), count(*) FILTER (WHERE c.qa_state = 'rejected'), count(*) FILTER (WHERE c.is_gold),
        max(c.updated_at), max(c.id)
-FROM annotation_comparison c WHERE c.batch_id = %(batch)s {annotator}
+FROM annotation_comparison c WHERE {where}
 """
 
 
-def fingerprint(batch_id: int, annotator_id: int | None = None) -> str:
-    """Changes whenever a label of the batch (of one annotator in it, if given) is added, edited, rejected or
-    deleted: what the dashboards' snapshots are checked against."""
-    where = "AND c.annotator_id = %(annotator)s" if annotator_id is not None else ""
+def fingerprint(batch_id: int | None, annotator_id: int | None = None) -> str:
+    """Changes whenever a label of the batch (of one annotator in it; with no batch, of the annotator anywhere) is
+    added, edited, rejected or deleted: what the dashboards' snapshots are checked against."""
+    where = " AND ".join([*(["c.batch_id = %(batch)s"] if batch_id is not None else []),
+                          *(["c.annotator_id = %(annotator)s"] if annotator_id is not None else [])])
     with connection.cursor() as cursor:
-        cursor.execute(_FINGERPRINT_SQL.format(annotator=where), {"batch": batch_id, "annotator": annotator_id})
+        cursor.execute(_FINGERPRINT_SQL.format(where=where), {"batch": batch_id, "annotator": annotator_id})
         n, rejected, gold, updated, last = cursor.fetchone()
     return f"{n}-{rejected}-{gold}-{updated.timestamp() if updated else 0}-{last}"
 
@@ -213,21 +214,6 @@ def annotator_stats(batch: AnnotationBatch, annotator) -> dict[str, Any]:
 def annotator_overview_by_batch(batch_ids: list[int], annotator_id: int) -> dict[int, dict[str, Any]]:
     """An annotator's numbers in each of ``batch_ids``, in that order (one query for them all)."""
     return _label_stats_many(batch_ids, annotator_id)
-
-
-_ANNOTATOR_FINGERPRINT_SQL = """
-SELECT count(*), count(*) FILTER (WHERE c.qa_state = 'rejected'), count(*) FILTER (WHERE c.is_gold),
-       max(c.updated_at), max(c.id)
-FROM annotation_comparison c WHERE c.annotator_id = %(annotator)s
-"""
-
-
-def annotator_fingerprint(annotator_id: int) -> str:
-    """As ``fingerprint``, over one annotator's labels in every batch."""
-    with connection.cursor() as cursor:
-        cursor.execute(_ANNOTATOR_FINGERPRINT_SQL, {"annotator": annotator_id})
-        n, rejected, gold, updated, last = cursor.fetchone()
-    return f"{n}-{rejected}-{gold}-{updated.timestamp() if updated else 0}-{last}"
 
 
 def drift_across_batches(batches) -> list[dict[str, Any]]:
