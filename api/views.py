@@ -158,24 +158,34 @@ def write_prompt(request: Request, batch_id: int) -> Response:
 
 # --- quality statistics ---------------------------------------------------------------------------------
 
-@extend_schema(tags=["quality"], responses={200: OpenApiTypes.OBJECT}, summary="A batch's quality statistics")
+@extend_schema(tags=["quality"], responses={200: OpenApiTypes.OBJECT, 202: OpenApiTypes.OBJECT},
+               summary="A batch's quality statistics")
 @api_view(["GET"])
 @permission_classes([IsAuthenticated])
 def batch_stats(request: Request, batch_id: int) -> Response:
     """What the batch dashboard shows, as JSON: progress, labels per hour, strength and its drift across batches,
     safety shares (with the paper's), Table 6/26 statistics, position bias, gold accuracy and agreement.
-    Reviewers of the batch and staff."""
+    Reviewers of the batch and staff. 202 (retry after 3 s) while a large batch's first snapshot is computed."""
     batch, _ = selectors.get_batch_for_stats(request.user, batch_id)
-    return Response(dashboards.batch_dashboard(batch))
+    return _stats_response(dashboards.batch_dashboard(batch))
 
 
-@extend_schema(tags=["quality"], responses={200: OpenApiTypes.OBJECT}, summary="An annotator's statistics in a batch")
+@extend_schema(tags=["quality"], responses={200: OpenApiTypes.OBJECT, 202: OpenApiTypes.OBJECT},
+               summary="An annotator's statistics in a batch")
 @api_view(["GET"])
 @permission_classes([IsAuthenticated])
 def annotator_stats(request: Request, batch_id: int, user_id: int) -> Response:
     """One annotator's numbers in a batch: the annotator themself, the batch's reviewers and staff."""
     batch, annotator = selectors.get_batch_for_stats(request.user, batch_id, user_id)
-    return Response(dashboards.annotator_dashboard(batch, annotator))
+    return _stats_response(dashboards.annotator_dashboard(batch, annotator))
+
+
+def _stats_response(data: dict) -> Response:
+    """200 with the numbers; 202 with ``Retry-After`` while a worker computes a large batch's first snapshot
+    (the body then holds the batch, its progress and ``snapshot``, and for an annotator their own numbers)."""
+    if data["snapshot"]["computed_at"] is None or data.get("agreement_pending"):
+        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Retry-After": "3"})
+    return Response(data)
 
 
 # --- resources ------------------------------------------------------------------------------------------

@@ -6,12 +6,14 @@ here): --batches batches of --per-batch comparisons (overlap 2: each task labell
 annotators shared by all batches), the strength shares drifting from batch to batch (fewer "significantly
 better", more "negligibly better", as in Llama 2's Fig. 25), every other batch a safety batch with the paper's
 18/47/35 safety shares, both shown orders, 1% gold checks, 2% rejected labels, one or three turns per dialogue,
-labels spread over a week; then one small batch of --baseline comparisons; then VACUUM ANALYZE. Each page is
-fetched with the Django test client as a staff user (the annotator page and "my numbers" as an annotator): once
-with no dashboard snapshot (a batch never viewed), then --repeat times unchanged, then --repeat times each right
-after one of the batch's labels was edited (the older snapshot is shown and a refresh queued); it prints the
-medians, the ratio against the small batch, whether the page meets the 500 ms target, and how long the worker's
-refresh of the large batch's snapshot takes.
+labels spread over a week; then one small batch of --baseline comparisons; then VACUUM ANALYZE. The earlier batches'
+snapshots are computed first (the periodic refresh keeps them). Each page is fetched with the Django test client
+as a staff user (the annotator page and "my numbers" as an annotator): once with no snapshot of the batch (never
+viewed: the large batch's page shows its progress and a placeholder, its API answers 202, while a worker computes
+the numbers; that computation is run and timed next, as the worker would), then --repeat times unchanged, then
+--repeat times each right after one of the batch's labels was edited (the older snapshot is shown and a refresh
+queued); it prints the medians, the ratio against the small batch, whether every view meets the 500 ms target,
+how long the worker's refresh of the large batch's snapshot takes, and the periodic sweep's check.
 
     python bench/quality_pages.py [--batches 10] [--per-batch 100000] [--baseline 1000] [--repeat 5]
 
@@ -129,29 +131,32 @@ def seed_batch(name: str, comparisons: int, index: int, annotators: list, *, saf
     return batch
 
 
-def timed(client, url: str, repeat: int, touch) -> dict[str, float]:
-    """One page's times in ms: ``first``, the batch never viewed (no snapshot: computed while the viewer
-    waits); ``warm``, the median of ``repeat`` views with nothing changed; ``changed``, the median of ``repeat``
-    views each right after a label of the batch changed (``touch``): the older snapshot is shown and a refresh
-    queued."""
-    from django.core.cache import cache
+def timed(client, url: str, repeat: int, touch, fill, forget) -> dict[str, float]:
+    """One page's times in ms: ``first``, the batch never viewed (no snapshot: a large batch's page shows its
+    progress and a placeholder, the API answers 202, while a worker computes it); ``fill``, the seconds that
+    computation takes (``fill`` runs what the worker runs); ``warm``, the median of ``repeat`` views with nothing
+    changed; ``changed``, the median of ``repeat`` views each right after a label of the batch changed
+    (``touch``): the older snapshot is shown and a refresh queued. ``forget`` drops the snapshots of the batch
+    and of the annotator (the other batches' stay, as in a running platform)."""
+    forget()
 
-    cache.clear()
-
-    def get() -> float:
+    def get(*, first: bool = False) -> float:
         started = time.perf_counter()
         response = client.get(url)
-        if response.status_code != 200:
+        if response.status_code != 200 and not (first and response.status_code == 202):
             raise SystemExit(f"{url}: {response.status_code}")
         return (time.perf_counter() - started) * 1000
 
-    first = get()
+    first = get(first=True)
+    started = time.perf_counter()
+    fill()
+    filled = time.perf_counter() - started
     warm = statistics.median(get() for _ in range(repeat))
     changed = []
     for _ in range(repeat):
         touch()
         changed.append(get())
-    return {"first": first, "warm": warm, "changed": statistics.median(changed)}
+    return {"first": first, "fill": filled, "warm": warm, "changed": statistics.median(changed)}
 
 
 def main() -> int:
@@ -215,31 +220,59 @@ def main() -> int:
                                    "(SELECT max(id) FROM annotation_comparison WHERE batch_id = %s)", [batch.pk])
             return edit
 
-        over = []
-        for name, client, url in pages:
-            big = timed(client, url.format(b=target.pk, a=who), args.repeat, touch(target))
-            base = timed(client, url.format(b=small.pk, a=who), args.repeat, touch(small))
-            worst = max(big["warm"], big["changed"])
-            over += [] if worst <= TARGET_MS else [name]
-            print(f"  {name:<15} {args.per_batch:,}-label batch: unchanged {big['warm']:6.1f} ms, after a label "
-                  f"change {big['changed']:6.1f} ms   {args.baseline:,}-label batch: {base['warm']:5.1f} / "
-                  f"{base['changed']:5.1f} ms   ratio {worst / max(base['warm'], base['changed']):5.2f}x   "
-                  f"{'<=' if worst <= TARGET_MS else '>'} {TARGET_MS:.0f} ms   "
-                  f"(never viewed before: {big['first']:.0f} ms)", flush=True)
-        mine = timed(as_annotator, "/quality/me/", args.repeat, touch(target))
-        worst = max(mine["warm"], mine["changed"])
-        over += [] if worst <= TARGET_MS else ["my numbers"]
-        print(f"  {'my numbers':<15} {args.batches + 1} batches, {total // args.annotators:,} own labels: "
-              f"unchanged {mine['warm']:6.1f} ms, after a label change {mine['changed']:6.1f} ms   "
-              f"{'<=' if worst <= TARGET_MS else '>'} {TARGET_MS:.0f} ms", flush=True)
         from annotation.quality import dashboards
 
+        def fill(batch):
+            def run():  # what the worker runs for a view that found no snapshot
+                dashboards.refresh("batch", batch.pk)
+                dashboards.refresh("annotator", who)
+            return run
+
+        def forget(batch):
+            def run():
+                from django.core.cache import cache
+
+                cache.delete_many([dashboards._key("batch", batch.pk), dashboards._key("annotator", who),
+                                   dashboards._key("member", f"{batch.pk}:{who}")])
+            return run
+
+        # The earlier batches' snapshots, as the periodic refresh keeps them (the drift plot reads them), and one
+        # view of each page of another batch first (the server process's first request compiles the templates).
+        for batch in large[:-1]:
+            dashboards.refresh("batch", batch.pk)
+        for _, client, url in pages:
+            client.get(url.format(b=large[0].pk, a=who))
+        over = []
+        for name, client, url in pages:
+            big = timed(client, url.format(b=target.pk, a=who), args.repeat, touch(target), fill(target),
+                        forget(target))
+            base = timed(client, url.format(b=small.pk, a=who), args.repeat, touch(small), fill(small),
+                         forget(small))
+            worst = max(big["first"], big["warm"], big["changed"])
+            over += [] if worst <= TARGET_MS else [name]
+            print(f"  {name:<15} {args.per_batch:,}-label batch: never viewed {big['first']:6.1f} ms (numbers "
+                  f"after {big['fill']:.1f} s of worker time), unchanged {big['warm']:6.1f} ms, after a label "
+                  f"change {big['changed']:6.1f} ms   {args.baseline:,}-label batch: {base['first']:5.1f} / "
+                  f"{base['warm']:5.1f} / {base['changed']:5.1f} ms   "
+                  f"ratio {worst / max(base['first'], base['warm'], base['changed']):5.2f}x   "
+                  f"{'<=' if worst <= TARGET_MS else '>'} {TARGET_MS:.0f} ms", flush=True)
+        mine = timed(as_annotator, "/quality/me/", args.repeat, touch(target), fill(target),
+                        forget(target))
+        worst = max(mine["first"], mine["warm"], mine["changed"])
+        over += [] if worst <= TARGET_MS else ["my numbers"]
+        print(f"  {'my numbers':<15} {args.batches + 1} batches, {total // args.annotators:,} own labels: "
+              f"never viewed {mine['first']:6.1f} ms, unchanged {mine['warm']:6.1f} ms, after a label change "
+              f"{mine['changed']:6.1f} ms   {'<=' if worst <= TARGET_MS else '>'} {TARGET_MS:.0f} ms", flush=True)
         started = time.perf_counter()
         dashboards.refresh("batch", target.pk)
         refresh = time.perf_counter() - started
+        started = time.perf_counter()
+        dashboards.refresh_stale_batches()  # every snapshot is up to date: only the grouped fingerprints
+        sweep = (time.perf_counter() - started) * 1000
         print(f"  worker refresh of the {args.per_batch:,}-label batch's snapshot (agreement, Table 6, drift): "
-              f"{refresh:.1f} s; a batch never viewed waits this long once", flush=True)
-        print(f"target {TARGET_MS:.0f} ms per page at {total:,} comparisons, with the labels unchanged and right "
+              f"{refresh:.1f} s; the periodic sweep's check of all {args.batches + 1} batches: {sweep:.0f} ms",
+              flush=True)
+        print(f"target {TARGET_MS:.0f} ms per page at {total:,} comparisons, never viewed, unchanged and right "
               "after a label change: " + ("met" if not over else f"NOT MET ({', '.join(over)})"))
         return 0
     finally:

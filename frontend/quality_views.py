@@ -20,13 +20,21 @@ from frontend import quality_charts as charts
 def batch_dashboard(request: HttpRequest, batch_id: int) -> HttpResponse:
     batch, _ = selectors.get_batch_for_stats(request.user, batch_id)
     data = dashboards.batch_dashboard(batch)
-    return render(request, "frontend/quality_batch.html", {
-        "batch": batch, "s": data, "snapshot_at": parse_datetime(data["snapshot"]["computed_at"]),
-        "drift": charts.stacked_strength(data["drift"]),
-        "hours": charts.hourly_bars(data["per_hour"]), "safety": charts.safety_bars(data["safety"]),
-        "gauge": charts.position_gauge(data["position_bias"]["share_left"]),
-        "annotators": batch.annotators.order_by("username"),
-    })
+    context = {"batch": batch, "s": data, "snapshot_at": _snapshot_at(data)}
+    if context["snapshot_at"] is not None:  # else a worker is computing the first snapshot: progress only
+        context |= {
+            "drift": charts.stacked_strength(data["drift"]),
+            "hours": charts.hourly_bars(data["per_hour"]), "safety": charts.safety_bars(data["safety"]),
+            "gauge": charts.position_gauge(data["position_bias"]["share_left"]),
+            "annotators": batch.annotators.order_by("username"),
+        }
+    return render(request, "frontend/quality_batch.html", context)
+
+
+def _snapshot_at(data: dict):
+    """When the numbers shown were computed; None while a worker computes the first snapshot."""
+    computed_at = data["snapshot"]["computed_at"]
+    return parse_datetime(computed_at) if computed_at else None
 
 
 @login_required
@@ -36,7 +44,7 @@ def annotator_dashboard(request: HttpRequest, batch_id: int, user_id: int) -> Ht
     data = dashboards.annotator_dashboard(batch, annotator)
     return render(request, "frontend/quality_annotator.html", {
         "batch": batch, "annotator": annotator, "s": data,
-        "snapshot_at": parse_datetime(data["snapshot"]["computed_at"]), "hours": charts.hourly_bars(data["per_hour"]),
+        "snapshot_at": _snapshot_at(data), "hours": charts.hourly_bars(data["per_hour"]),
         "gauge": charts.position_gauge(data["position_bias"]["share_left"]),
         "strength": charts.stacked_strength([{"name": annotator.get_username(), "comparisons": data["comparisons"],
                                               "strength": data["strength"]}]),
@@ -49,5 +57,5 @@ def my_numbers(request: HttpRequest) -> HttpResponse:
     """The annotator's own numbers in each batch assigned to them (no agreement here: see each batch's page)."""
     data = dashboards.annotator_overview(request.user)
     return render(request, "frontend/quality_me.html", {
-        "rows": data["rows"], "s": data, "snapshot_at": parse_datetime(data["snapshot"]["computed_at"]),
+        "rows": data["rows"], "s": data, "snapshot_at": _snapshot_at(data),
     })

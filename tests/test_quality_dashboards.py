@@ -295,3 +295,121 @@ def test_my_numbers_follow_the_annotators_labels_through_the_refresh(world):
     dashboards.refresh("annotator", world["alice"].pk)
     rows = dashboards.annotator_overview(world["alice"])["rows"]
     assert [r["batch"].pk for r in rows] == [world["other"].pk, world["batch"].pk]
+
+
+def test_a_large_batch_never_viewed_shows_its_progress_while_a_worker_computes_it(world, settings):
+    from django.core.cache import cache
+
+    from annotation.quality import dashboards
+
+    settings.LADDER_DASHBOARD_INLINE_LABELS = 5  # the batch's 8 labels make it "large"
+    batch = world["batch"]
+    pending = dashboards.batch_dashboard(batch)
+    assert pending["snapshot"] == {"computed_at": None, "fresh": False, "refreshing": True}
+    assert pending["progress"]["tasks"] == 4 and "comparisons" not in pending
+    assert cache.get(dashboards._lock_key("batch", batch.pk)) == 1  # a worker was asked for it
+    staff, api = Client(), APIClient()
+    staff.force_login(world["staff"])
+    api.force_authenticate(world["staff"])
+    page = staff.get(f"/quality/batches/{batch.pk}/").content.decode()
+    assert "Computing these numbers for the first time" in page and 'hx-trigger="every 3s"' in page
+    assert "Table 6/26" not in page
+    response = api.get(f"/api/v1/batches/{batch.pk}/stats/")
+    assert response.status_code == 202 and response["Retry-After"] == "3"
+    assert response.json()["progress"]["tasks"] == 4
+    # The annotator's own numbers are there at once; the batch's agreement line waits for the batch.
+    mine = api.get(f"/api/v1/batches/{batch.pk}/annotators/{world['alice'].pk}/stats/")
+    assert mine.status_code == 202 and mine.json()["comparisons"] == 3 and mine.json()["agreement_pending"]
+    dashboards.refresh("batch", batch.pk)  # what the worker runs
+    page = staff.get(f"/quality/batches/{batch.pk}/").content.decode()
+    assert "Table 6/26" in page and "(up to date)" in page and "every 3s" not in page
+    assert api.get(f"/api/v1/batches/{batch.pk}/stats/").json()["comparisons"] == 5
+    mine = api.get(f"/api/v1/batches/{batch.pk}/annotators/{world['alice'].pk}/stats/")
+    assert mine.status_code == 200 and mine.json()["agreement"]["annotator_id"] == world["alice"].pk
+
+
+def test_my_numbers_of_a_prolific_annotator_wait_for_a_worker_too(world, settings):
+    from annotation.quality import dashboards
+
+    settings.LADDER_DASHBOARD_INLINE_LABELS = 3  # alice has 4 labels
+    client = Client()
+    client.force_login(world["alice"])
+    page = client.get("/quality/me/").content.decode()
+    assert "Computing these numbers for the first time" in page and "No batches assigned" not in page
+    dashboards.refresh("annotator", world["alice"].pk)
+    page = client.get("/quality/me/").content.decode()
+    assert "(up to date)" in page and world["batch"].name in page
+
+
+@pytest.fixture
+def broker_down():
+    """The Celery app pointed at a port nothing listens on, for this test."""
+    from celery import current_app
+
+    old = current_app.conf.broker_url
+    current_app.conf.broker_url = "redis://127.0.0.1:9/0"
+    current_app._pool, current_app.amqp._producer_pool = None, None
+    yield
+    current_app.conf.broker_url = old
+    current_app._pool, current_app.amqp._producer_pool = None, None
+
+
+def test_with_no_broker_a_large_batch_is_computed_in_place_rather_than_never(world, settings, broker_down):
+    from annotation.quality import dashboards
+
+    settings.LADDER_DASHBOARD_INLINE_LABELS = 5
+    data = dashboards.batch_dashboard(world["batch"])
+    assert data["comparisons"] == 5 and data["snapshot"]["fresh"]
+    _reject_alices_left_label(world)
+    stale = dashboards.batch_dashboard(world["batch"])  # the older numbers, and no refresh under way
+    assert stale["comparisons"] == 5 and stale["snapshot"]["refreshing"] is False
+
+
+def test_the_sweep_asks_for_missing_and_stale_batch_snapshots_only(world):
+    from annotation.quality import dashboards
+
+    other_task, = make_pairs(world["other"], 1)
+    _label(other_task, world["carol"], "A", "better", 30)
+    assert dashboards.refresh_stale_batches() == [world["batch"].pk, world["other"].pk]
+    assert dashboards.refresh_stale_batches() == []  # both refreshes still under way: not asked twice
+    dashboards.refresh("batch", world["batch"].pk)
+    dashboards.refresh("batch", world["other"].pk)
+    assert dashboards.refresh_stale_batches() == []  # both up to date
+    _reject_alices_left_label(world)
+    assert dashboards.refresh_stale_batches() == [world["batch"].pk]
+    # The grouped fingerprints are the ones a view checks.
+    assert stats.fingerprints_by_batch()[world["batch"].pk] == stats.fingerprint(world["batch"].pk)
+
+
+def test_drift_takes_earlier_batches_from_their_snapshots_with_the_same_numbers(world):
+    from annotation.models import AnnotationBatch
+    from annotation.quality import dashboards
+
+    earlier = AnnotationBatch.objects.get(pk=world["batch"].pk)
+    later = BatchFactory(annotators=[world["alice"]], status="open")
+    counted = dashboards.compute_batch(later)["drift"]  # no snapshot of the earlier batch: aggregated here
+    dashboards.refresh("batch", earlier.pk)
+    from_snapshot = dashboards.compute_batch(later)["drift"]
+    row = next(d for d in from_snapshot if d["batch_id"] == earlier.pk)
+    assert row["comparisons"] == 5 and row["strength"]["better"]["count"] == 2
+    assert from_snapshot == counted
+
+
+def test_the_sweep_runs_on_a_real_worker_and_fills_in_a_large_batch(transactional_db, world, settings,
+                                                                     celery_worker_process):
+    import time
+
+    from celery import current_app
+    from django.core.cache import cache
+
+    from annotation.quality import dashboards
+
+    settings.LADDER_DASHBOARD_INLINE_LABELS = 5
+    assert cache.get(dashboards._key("batch", world["batch"].pk)) is None
+    current_app.send_task("workers.tasks.refresh_stale_dashboards")  # what beat sends every minute
+    deadline = time.monotonic() + 60
+    while cache.get(dashboards._key("batch", world["batch"].pk)) is None:
+        assert time.monotonic() < deadline, celery_worker_process.log.read_text()[-3000:]
+        time.sleep(0.3)
+    data = dashboards.batch_dashboard(world["batch"])
+    assert data["snapshot"]["fresh"] and data["comparisons"] == 5

@@ -47,3 +47,10 @@ def test_docker_compose_has_a_worker_service_per_queue():
     consumed = re.findall(r'"-Q",\s*"([^"]+)"', compose)
     # Each worker service consumes exactly one queue, and each queue has a service.
     assert sorted(consumed) == sorted(q.value for q in Queue)
+
+
+def test_beat_sweeps_the_dashboard_snapshots_on_the_default_queue():
+    entry = settings.CELERY_BEAT_SCHEDULE["refresh-quality-dashboards"]
+    assert entry["task"] == "workers.tasks.refresh_stale_dashboards"
+    assert entry["schedule"] == float(settings.LADDER_DASHBOARD_SWEEP_SECONDS)
+    assert ROUTES[entry["task"]] is Queue.DEFAULT

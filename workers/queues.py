@@ -21,6 +21,7 @@ ROUTES: dict[str, Queue] = {
     "workers.tasks.refill_queues": Queue.DEFAULT,
     "workers.tasks.check_annotator_quality": Queue.DEFAULT,
     "workers.tasks.refresh_quality_dashboard": Queue.DEFAULT,
+    "workers.tasks.refresh_stale_dashboards": Queue.DEFAULT,
     "workers.tasks.train_reward_model": Queue.TRAINING,
     "workers.tasks.advance_round": Queue.TRAINING,
     "workers.tasks.start_scheduled_round": Queue.DEFAULT,  # creates and queues a round; the steps train

@@ -50,6 +50,13 @@ def refresh_quality_dashboard(what: str, ident: int | str) -> str | None:
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
              max_retries=3)
+def refresh_stale_dashboards() -> list[int]:
+    """The periodic sweep (beat): queue a refresh of every batch snapshot that is missing or stale."""
+    return quality_dashboards.refresh_stale_batches()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
+             max_retries=3)
 def refill_queues() -> dict[int, int]:
     return services.refill_all_queues()
 

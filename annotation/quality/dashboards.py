@@ -2,13 +2,18 @@
 
 A batch's numbers are one snapshot, computed whole and kept in the cache with the batch's label fingerprint
 (``stats.fingerprint``: changes with every new, edited, rejected or deleted label) and the time it was taken;
-the drift plot's earlier batches are as they were when the snapshot was taken.
+the drift plot's earlier batches are as their own snapshots were when this one was taken.
 Agreement and Table 6 read every label of the batch and take seconds on a 100k-label batch, so a view never
-waits for them once a snapshot exists: when the labels changed since, the view shows the snapshot, says how old
-it is, and asks a worker to refresh it (``LADDER_DASHBOARD_REFRESH = "worker"``, the default; one refresh per
-batch at a time). An annotator's "my numbers" are one snapshot in the same way. Only a batch never viewed (or
-whose snapshot the cache evicted) is computed while the viewer waits, as is every change with
-``LADDER_DASHBOARD_REFRESH = "inline"``.
+waits for them: when the labels changed since the snapshot, the view shows the snapshot, says how old it is, and
+asks a worker to refresh it (``LADDER_DASHBOARD_REFRESH = "worker"``, the default; one refresh per batch at a
+time). A periodic task (``refresh_stale_batches``, every ``LADDER_DASHBOARD_SWEEP_SECONDS``) refreshes every
+batch whose snapshot is missing or stale, so that most views find one up to date. A view of a large batch with
+no snapshot yet (more than ``LADDER_DASHBOARD_INLINE_LABELS`` labels: new labels since the last sweep, or the
+cache emptied) gets its progress and a placeholder while a worker computes it; a smaller batch is computed while
+the viewer waits, as is every change with ``LADDER_DASHBOARD_REFRESH = "inline"`` and every snapshot no worker
+could be asked for (broker down). An annotator's own numbers ("my numbers", theirs in a batch) are snapshots in
+the same way; theirs in one batch is always computed in place when there is none (tens of milliseconds), "my
+numbers" below the same number of labels (the periodic task does not prepare them).
 """
 
 from __future__ import annotations
@@ -50,13 +55,24 @@ def compute_batch(batch: AnnotationBatch) -> dict[str, Any]:
     data = stats.batch_stats(batch)
     data["table6"] = stats.table6(batch.pk)
     data["agreement"] = batch_agreement(batch.pk, bootstrap=BOOTSTRAP)
-    # Drift: this batch and the ones before it, oldest first (Fig. 25 draws the weekly batches in order).
+    # Drift: this batch and the ones before it, oldest first (Fig. 25 draws the weekly batches in order). An
+    # earlier batch's shares come from its own snapshot where it has one (the periodic refresh keeps them), so a
+    # batch's refresh does not read every earlier batch's labels again; the others are aggregated here.
     earlier = list(reversed(AnnotationBatch.objects.filter(pk__lt=batch.pk).order_by("-pk")
                             .only("pk", "name")[:DRIFT_BATCHES - 1]))
-    data["drift"] = [*stats.drift_across_batches(earlier),
-                     {"batch_id": batch.pk, "name": batch.name, "comparisons": data["comparisons"],
-                      "strength": data["strength"]}]
+    snapshots = cache.get_many([_key("batch", b.pk) for b in earlier])
+    known = {b.pk: snapshots[_key("batch", b.pk)]["data"] for b in earlier if _key("batch", b.pk) in snapshots}
+    counted = {d["batch_id"]: d for d in stats.drift_across_batches([b for b in earlier if b.pk not in known])}
+    data["drift"] = [
+        *(_drift_row(b, known[b.pk]) if b.pk in known else counted[b.pk] for b in earlier),
+        _drift_row(batch, data),
+    ]
     return data
+
+
+def _drift_row(batch: AnnotationBatch, data: dict[str, Any]) -> dict[str, Any]:
+    return {"batch_id": batch.pk, "name": batch.name, "comparisons": data["comparisons"],
+            "strength": data["strength"]}
 
 
 def _annotator_batches(user_id: int) -> list[AnnotationBatch]:
@@ -127,16 +143,45 @@ def _request_refresh(what: str, ident: int | str) -> bool:
     return True
 
 
+def _computed_while_waiting(what: str, current: str) -> bool:
+    """Whether a view with no snapshot computes one itself: an annotator's numbers in one batch always (tens of
+    milliseconds), a batch or an annotator's "my numbers" when they have few labels (a batch's agreement and
+    Table 6 read every label: seconds at 100k; "my numbers" of 125k labels take half a second)."""
+    return what == "member" or stats.fingerprint_labels(current) < settings.LADDER_DASHBOARD_INLINE_LABELS
+
+
 def _snapshot(what: str, ident: int | str) -> dict[str, Any]:
-    """The snapshot with its freshness: ``{"data", "computed_at", "fresh", "refreshing"}``."""
+    """The snapshot with its freshness: ``{"data", "computed_at", "fresh", "refreshing"}``. With no snapshot
+    yet of a large batch, ``data`` and ``computed_at`` are None and a worker is computing it (the pages show a
+    placeholder that polls; the API answers 202)."""
     fingerprint_of, _ = _KINDS[what]
     current = fingerprint_of(ident)
     snapshot = cache.get(_key(what, ident))
     if snapshot is not None and snapshot["fingerprint"] == current:
         return {**snapshot, "fresh": True, "refreshing": False}
-    if snapshot is None or settings.LADDER_DASHBOARD_REFRESH == "inline":
+    if settings.LADDER_DASHBOARD_REFRESH == "inline" or (snapshot is None and _computed_while_waiting(what, current)):
         return {**refresh(what, ident), "fresh": True, "refreshing": False}
-    return {**snapshot, "fresh": False, "refreshing": _request_refresh(what, ident)}
+    queued = _request_refresh(what, ident)
+    if snapshot is None:
+        if not queued:  # no worker will hear of it: compute it here rather than never
+            return {**refresh(what, ident), "fresh": True, "refreshing": False}
+        return {"fingerprint": None, "computed_at": None, "data": None, "fresh": False, "refreshing": True}
+    return {**snapshot, "fresh": False, "refreshing": queued}
+
+
+def refresh_stale_batches() -> list[int]:
+    """The periodic task's work: ask the workers to refresh every batch snapshot that is missing or older than
+    the batch's labels, so that a batch's page rarely waits for its first snapshot and a view after a change
+    more often finds the numbers up to date. One grouped query for all the fingerprints; a batch already being
+    refreshed is left to that refresh. Returns the batches asked for."""
+    current = stats.fingerprints_by_batch()
+    keys = {batch_id: _key("batch", batch_id) for batch_id in current}
+    snapshots = cache.get_many(list(keys.values()))
+    under_way = cache.get_many([_lock_key("batch", batch_id) for batch_id in current])
+    stale = [batch_id for batch_id, fp in sorted(current.items())
+             if (snapshots.get(keys[batch_id]) or {}).get("fingerprint") != fp
+             and _lock_key("batch", batch_id) not in under_way]
+    return [batch_id for batch_id in stale if _request_refresh("batch", batch_id)]
 
 
 def _freshness(snapshot: dict[str, Any]) -> dict[str, Any]:
@@ -144,9 +189,12 @@ def _freshness(snapshot: dict[str, Any]) -> dict[str, Any]:
 
 
 def batch_dashboard(batch: AnnotationBatch) -> dict[str, Any]:
-    """The batch's snapshot, with its progress read now (new tasks change it without any label changing)."""
+    """The batch's snapshot, with its progress read now (new tasks change it without any label changing). While
+    the first snapshot of a large batch is being computed: only the batch, its progress and ``snapshot``."""
     snapshot = _snapshot("batch", batch.pk)
-    return {**snapshot["data"], "progress": stats.progress(batch), "snapshot": _freshness(snapshot)}
+    data = snapshot["data"] or {"batch": {"id": batch.pk, "name": batch.name, "focus": batch.focus,
+                                          "overlap": batch.overlap}}
+    return {**data, "progress": stats.progress(batch), "snapshot": _freshness(snapshot)}
 
 
 def annotator_dashboard(batch: AnnotationBatch, annotator) -> dict[str, Any]:
@@ -155,9 +203,12 @@ def annotator_dashboard(batch: AnnotationBatch, annotator) -> dict[str, Any]:
     mine = _snapshot("member", f"{batch.pk}:{annotator.pk}")
     whole = _snapshot("batch", batch.pk)
     data = dict(mine["data"])
-    per_annotator = whole["data"]["agreement"].get("per_annotator", [])
-    data["agreement"] = next((a for a in per_annotator if a["annotator_id"] == annotator.pk), None)
-    older = min(mine, whole, key=lambda snap: snap["computed_at"])
+    if whole["data"] is None:  # the batch's first snapshot is being computed: no agreement yet
+        data["agreement"], data["agreement_pending"] = None, True
+    else:
+        per_annotator = whole["data"]["agreement"].get("per_annotator", [])
+        data["agreement"] = next((a for a in per_annotator if a["annotator_id"] == annotator.pk), None)
+    older = min(mine, whole, key=lambda snap: snap["computed_at"] or "")
     data["snapshot"] = {"computed_at": older["computed_at"], "fresh": mine["fresh"] and whole["fresh"],
                         "refreshing": mine["refreshing"] or whole["refreshing"]}
     return data
@@ -167,6 +218,7 @@ def annotator_overview(annotator) -> dict[str, Any]:
     """"My numbers": the annotator's numbers in each batch assigned to them, newest batch first, from their
     snapshot (one per annotator, refreshed as the batch's is)."""
     snapshot = _snapshot("annotator", annotator.pk)
-    batches = AnnotationBatch.objects.in_bulk(list(snapshot["data"]))
-    rows = [{"batch": batches[pk], "s": s} for pk, s in snapshot["data"].items() if pk in batches]
+    numbers = snapshot["data"] or {}  # None while a worker computes the first one
+    batches = AnnotationBatch.objects.in_bulk(list(numbers))
+    rows = [{"batch": batches[pk], "s": s} for pk, s in numbers.items() if pk in batches]
     return {"rows": rows, "snapshot": _freshness(snapshot)}

@@ -162,6 +162,23 @@ FROM annotation_comparison c WHERE {where}
 """
 
 
+def _fingerprint_text(n: int, rejected: int, gold: int, updated, last: int | None) -> str:
+    return f"{n}-{rejected}-{gold}-{updated.timestamp() if updated else 0}-{last}"
+
+
+def fingerprint_labels(fingerprint_text: str) -> int:
+    """How many labels (of every kind) a fingerprint counted."""
+    return int(fingerprint_text.split("-", 1)[0])
+
+
+def fingerprints_by_batch() -> dict[int, str]:
+    """Every batch's ``fingerprint`` in one grouped pass, for the batches with a label (the periodic refresh)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_FINGERPRINT_SQL.replace("{where}", "TRUE").replace("SELECT", "SELECT c.batch_id,", 1)
+                       + " GROUP BY c.batch_id")
+        return {batch_id: _fingerprint_text(*rest) for batch_id, *rest in cursor.fetchall()}
+
+
 def fingerprint(batch_id: int | None, annotator_id: int | None = None) -> str:
     """Changes whenever a label of the batch (of one annotator in it; with no batch, of the annotator anywhere) is
     added, edited, rejected or deleted: what the dashboards' snapshots are checked against."""
@@ -169,8 +186,7 @@ def fingerprint(batch_id: int | None, annotator_id: int | None = None) -> str:
                           *(["c.annotator_id = %(annotator)s"] if annotator_id is not None else [])])
     with connection.cursor() as cursor:
         cursor.execute(_FINGERPRINT_SQL.format(where=where), {"batch": batch_id, "annotator": annotator_id})
-        n, rejected, gold, updated, last = cursor.fetchone()
-    return f"{n}-{rejected}-{gold}-{updated.timestamp() if updated else 0}-{last}"
+        return _fingerprint_text(*cursor.fetchone())
 
 
 def table6(batch_id: int) -> dict[str, Any]:
@@ -219,6 +235,8 @@ def annotator_overview_by_batch(batch_ids: list[int], annotator_id: int) -> dict
 def drift_across_batches(batches) -> list[dict[str, Any]]:
     """Fig. 25: the strength distribution of each batch, in the order given."""
     batches = list(batches)
+    if not batches:
+        return []
     with connection.cursor() as cursor:
         cursor.execute(_DRIFT_SQL, {"batches": [b.pk for b in batches]})
         rows = {r[0]: r[1:] for r in cursor.fetchall()}

@@ -78,5 +78,12 @@ LADDER_REVIEW_SAMPLE_RATE = env_float("LADDER_REVIEW_SAMPLE_RATE", 0.05, minimum
 # Quality dashboards: a batch's numbers are computed whole (agreement and Table 6 read every label) and kept as a
 # snapshot. "worker": a view that finds the labels changed since the snapshot shows it at once, marked with its
 # time, and asks a worker (queue default) to refresh it; "inline": the view recomputes before answering (slow on
-# large batches; for setups without workers). A batch never viewed is always computed inline.
+# large batches; for setups without workers).
 LADDER_DASHBOARD_REFRESH = env_choice("LADDER_DASHBOARD_REFRESH", "worker", ["worker", "inline"])
+# A batch with no snapshot yet and at least this many labels is not computed while the viewer waits: the page
+# shows its progress and a placeholder that fills in when a worker has computed it (the API answers 202).
+# Smaller batches are computed in place (well under 500 ms below this size on a 2-core machine).
+LADDER_DASHBOARD_INLINE_LABELS = env_int("LADDER_DASHBOARD_INLINE_LABELS", 10_000, minimum=0)
+# Every this many seconds Celery beat asks the workers to refresh each batch snapshot that is missing or older
+# than the batch's labels (one grouped query over all batches; each refresh reads the batch's labels).
+LADDER_DASHBOARD_SWEEP_SECONDS = env_int("LADDER_DASHBOARD_SWEEP_SECONDS", 60, minimum=5)

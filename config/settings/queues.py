@@ -6,6 +6,7 @@ never share a queue with web-side housekeeping.
 
 from config.env import env_bool, env_int
 from config.settings.database import REDIS_URL
+from config.settings.protocol import LADDER_DASHBOARD_SWEEP_SECONDS
 from workers.queues import Queue, celery_routes
 
 CELERY_BROKER_URL = REDIS_URL
@@ -24,6 +25,10 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "expire-annotation-leases": {"task": "workers.tasks.expire_leases", "schedule": 60.0},
+    "refresh-quality-dashboards": {
+        "task": "workers.tasks.refresh_stale_dashboards",
+        "schedule": float(LADDER_DASHBOARD_SWEEP_SECONDS),
+    },
     "refill-annotation-queues": {
         "task": "workers.tasks.refill_queues",
         "schedule": float(env_int("LADDER_QUEUE_REFILL_SECONDS", 30, minimum=1)),
