@@ -170,3 +170,29 @@ def test_a_gold_claim_costs_about_what_an_ordinary_claim_costs(setup, monkeypatc
     print(f"claim: ordinary {timings[0.0][0] * 1000:.1f} ms / {timings[0.0][1]} queries, "  # noqa: T201
           f"gold {timings[1.0][0] * 1000:.1f} ms / {timings[1.0][1]} queries")
     assert timings[1.0][1] - timings[0.0][1] <= 8
+
+
+def test_built_items_never_pair_dialogues_that_share_a_question(setup):
+    from django.core.management import call_command
+
+    from annotation.models import Turn
+
+    batch, tasks = setup["batch"], setup["tasks"]
+    # Tasks 1 and 2 now ask the same question (case and spacing aside): never each other's "unrelated" prompt.
+    Turn.objects.filter(dialogue=tasks[2].dialogue, index=0).update(content="  question NUMBER 1? ")
+    items = services.build_gold_items(batch, 30, seed=3)
+    assert len(items) == 30
+    for item in items:
+        good = item.response_a if item.answer == "A" else item.response_b
+        bad = item.response_b if item.answer == "A" else item.response_a
+        asked = {good.split()[-1], bad.split()[-1]}
+        assert asked != {"1", "2"}
+    # A batch whose dialogues all ask the same: no gold can be built, and the command says why.
+    same = BatchFactory(gold_rate=0.0)
+    make_pairs(same, 4, turns=[("user", "One question for all?")])
+    import io
+
+    out = io.StringIO()
+    call_command("build_gold", "--batch", str(same.pk), "--count", "3", stdout=out)
+    assert "Built 0 gold items" in out.getvalue() and "too few pairs" in out.getvalue()
+    assert not GoldItem.objects.filter(batch=same).exists()

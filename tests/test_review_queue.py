@@ -371,3 +371,52 @@ def test_the_export_command_takes_qa_state_and_min_agreement(world, tmp_path):
     assert len(out.read_text().splitlines()) == 3
     with pytest.raises(CommandError, match="never exported"):
         call_command("export_preferences", "--format", "jsonl", "--out", str(out), "--qa-state", "rejected")
+
+
+def test_a_rejected_label_no_longer_makes_the_others_on_its_task_disagreeing(world):
+    c, rev = world["c"], world["rev"]
+    review.reject(rev, c["t0u3"].pk, "chose the worse answer")  # the only B on task 0
+    items = list(review_queue.queue(rev, world["batch"]))
+    assert [review_queue.reason(i) for i in items if i.pk in (c["t0u1"].pk, c["t0u2"].pk)] == [
+        "not flagged, disputed or sampled"] * 2
+    assert review_queue.counts(rev, world["batch"]) == {
+        "flagged": 0, "disagreeing": 0, "sampled": 0, "other": 5, "total": 5}
+    # In the rejected list, the rejected label itself still reads against the others.
+    rejected, = review_queue.queue(rev, world["batch"], "rejected")
+    assert review_queue.reason(rejected).startswith("annotator flagged")
+    item, _, totals = review_queue.item_at(rev, world["batch"], "rejected", 0)
+    assert item.pk == c["t0u3"].pk and totals["total"] == 1
+
+
+def test_the_windowed_and_per_label_categories_agree_with_rejected_labels_about(world, settings):
+    from annotation.models import AnnotatorFlag
+
+    AnnotatorFlag.objects.update(lifted_at="2026-01-01T00:00:00Z")  # no flags: the disagreement shows
+    c, rev = world["c"], world["rev"]
+    review.reject(rev, c["t0u1"].pk, "no")
+    for state in ("pending", "rejected"):
+        per_label = {i.pk: i.category for i in review_queue.queue(rev, world["batch"], state)}
+        windowed = [review_queue.item_at(rev, world["batch"], state, pos)[0].pk for pos in range(len(per_label))]
+        assert windowed == list(per_label)
+        names = [review_queue.CATEGORY_NAMES[v] for v in per_label.values()]
+        assert review_queue.counts(rev, world["batch"], state) == {
+            **dict.fromkeys(review_queue.CATEGORY_NAMES.values(), 0),
+            **{n: names.count(n) for n in names}, "total": len(names)}
+    # Pending: t0u2 (A) against t0u3 (B) still disagree; rejected: t0u1 (A) against t0u3 (B).
+    assert review_queue.reason(review_queue.queue(rev, world["batch"], "rejected")[0]) == (
+        "1 of 3 chose the other response")
+
+
+@pytest.mark.parametrize("verdict", ["approve", "reject", "correct"])
+def test_an_annotators_change_to_a_reviewed_label_sends_it_back_to_review(world, verdict):
+    from annotation.services import revise_comparison
+
+    target, rev = world["c"]["t1u1"], world["rev"]
+    {"approve": lambda: review.approve(rev, target.pk),
+     "reject": lambda: review.reject(rev, target.pk, "why"),
+     "correct": lambda: review.correct(rev, target.pk, LabelInput(chosen="A", strength="slightly_better"))}[verdict]()
+    reviewed = _state(target)
+    revise_comparison(world["u1"], target.pk, LabelInput(chosen="B", strength="better"))
+    assert _state(target) == "pending"
+    assert ComparisonRevision.objects.filter(comparison=target).latest("changed_at").qa_state == reviewed
+    assert target.pk in [i.pk for i in review_queue.queue(rev, world["batch"])]

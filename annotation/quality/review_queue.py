@@ -1,6 +1,7 @@
 """The reviewer queue of a batch: its non-gold labels in a given QA state (pending by default), those most likely
 wrong first: (1) flagged: the annotator has an open ``AnnotatorFlag`` in the batch, or the label is
-chosen-unsafe/rejected-safe; (2) disagreeing: another label on the same task chose the other response;
+chosen-unsafe/rejected-safe; (2) disagreeing: another label on the same task, not rejected in review, chose
+the other response;
 (3) sampled: a deterministic ``LADDER_REVIEW_SAMPLE_RATE`` share, by md5 of the label's id; then the rest.
 
 Each item is annotated in SQL (``Exists``/``Case``) over the batch's labels, which the ``(batch, created_at)``
@@ -53,7 +54,9 @@ def queue(user: AbstractBaseUser, batch: AnnotationBatch, state: str = Compariso
     in queue order. Raises ``Http404`` for a batch the user does not review."""
     selectors.get_batch_for_reviewer(user, batch.pk)
     open_flags = AnnotatorFlag.objects.filter(batch=batch, annotator=OuterRef("annotator"), lifted_at__isnull=True)
-    siblings = Comparison.objects.filter(task=OuterRef("task"), is_gold=False).order_by().values("task")
+    # The task's labels that count: not gold, not rejected in review (the label itself always counts).
+    siblings = (Comparison.objects.filter(task=OuterRef("task"), is_gold=False)
+                .filter(~Q(qa_state=Comparison.QAState.REJECTED) | Q(pk=OuterRef("pk"))).order_by().values("task"))
     task_labels = siblings.annotate(n=Count("pk")).values("n")
     same_choice = siblings.filter(chosen=OuterRef("chosen")).annotate(n=Count("pk")).values("n")
     sampled = RawSQL("('x' || substr(md5(annotation_comparison.id::text), 1, 8))::bit(32)::bigint < %s",
@@ -86,8 +89,10 @@ def queue(user: AbstractBaseUser, batch: AnnotationBatch, state: str = Compariso
 _CATEGORIZED_SQL = """
 WITH labels AS (
     SELECT c.id, c.annotator_id, c.safety_category, c.qa_state, c.created_at,
-           count(*) OVER (PARTITION BY c.task_id) AS task_labels,
-           count(*) OVER (PARTITION BY c.task_id, c.chosen) AS same_choice
+           count(*) FILTER (WHERE c.qa_state <> 'rejected') OVER (PARTITION BY c.task_id)
+               + (c.qa_state = 'rejected')::int AS task_labels,
+           count(*) FILTER (WHERE c.qa_state <> 'rejected') OVER (PARTITION BY c.task_id, c.chosen)
+               + (c.qa_state = 'rejected')::int AS same_choice
     FROM annotation_comparison c WHERE c.batch_id = %(batch)s AND NOT c.is_gold
 ),
 flagged AS (

@@ -55,26 +55,36 @@ def mark_gold(admin_user: AbstractBaseUser, task_id: int, answer: str, a_safe: b
     return item
 
 
+def _user_turns(messages: list[dict]) -> set[str]:
+    return {" ".join(m["content"].split()).casefold() for m in messages if m["role"] == "user"}
+
+
 def build_gold_items(batch: AnnotationBatch, n: int, seed: int = 0) -> list[GoldItem]:
-    """``n`` built gold items: a response to one task's prompt against a response to an unrelated prompt of the
-    batch (the real one is the answer, on a random side). Safety answers stay unknown (None)."""
+    """Up to ``n`` built gold items: a response to one task's prompt against a response to an unrelated prompt
+    of the batch (the real one is the answer, on a random side). Unrelated: the two dialogues share no user turn
+    (compared with case and spacing ignored: not the same first question, nor the same last one) and the two
+    responses differ. Fewer than ``n`` when the batch has too few unrelated pairs. Safety answers stay unknown
+    (None)."""
     rng = random.Random(seed)
     tasks = list(ComparisonTask.objects.filter(batch=batch, gold_item__isnull=True,
                                                status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.COMPLETE])
                  .select_related("dialogue", "response_a", "response_b").order_by("id"))
-    firsts = {t.pk: _messages(t) for t in tasks}
+    context = {t.pk: _messages(t) for t in tasks}
+    asked = {t.pk: _user_turns(context[t.pk]) for t in tasks}
     items = []
     if len(tasks) < 2:
         return items
-    for _ in range(n):
+    for _ in range(20 * n):  # a few draws per item: a batch of near-duplicate prompts gives fewer
+        if len(items) == n:
+            break
         real, other = rng.sample(tasks, 2)
-        if firsts[real.pk][0]["content"] == firsts[other.pk][0]["content"]:
-            continue  # the same prompt: not unrelated
         good = rng.choice([real.response_a, real.response_b]).text
         bad = rng.choice([other.response_a, other.response_b]).text
+        if asked[real.pk] & asked[other.pk] or " ".join(good.split()) == " ".join(bad.split()):
+            continue  # a question in common, or the same text: not an obvious pair
         answer = rng.choice("AB")
         a, b = (good, bad) if answer == "A" else (bad, good)
-        items.append(GoldItem(batch=batch, kind=GoldItem.Kind.BUILT, messages=firsts[real.pk], response_a=a,
+        items.append(GoldItem(batch=batch, kind=GoldItem.Kind.BUILT, messages=context[real.pk], response_a=a,
                               response_b=b, answer=answer))
     return GoldItem.objects.bulk_create(items)
 

@@ -153,14 +153,16 @@ def _record_label(user, task, label, category, assignment, now, idempotency_key)
 
 
 def revise_comparison(user: AbstractBaseUser, comparison_id: int, label: LabelInput) -> Comparison:
-    """Change one's own label after submitting; the previous version is kept as a revision."""
+    """Change one's own label after submitting; the previous version is kept as a revision, with its review
+    state. A reviewed label (approved, corrected or rejected) goes back to pending: the review was of the old
+    version, so the changed one waits in the review queue like any new label."""
     with transaction.atomic():
         comparison = selectors.get_comparison_for_annotator(user, comparison_id)
         comparison = Comparison.objects.select_for_update().get(pk=comparison.pk)
         if comparison.task.batch.status == AnnotationBatch.Status.CLOSED:
             raise ValidationError({"task": "This batch is closed; its labels can no longer be changed."})
         category = _validate_label(comparison.task.batch, label)
-        replace_label(comparison, label, category, changed_by=user)
+        replace_label(comparison, label, category, changed_by=user, qa_state=Comparison.QAState.PENDING)
         return comparison
 
 

@@ -20,3 +20,6 @@ class Command(BaseCommand):
             raise CommandError(f"No batch {batch}.")
         items = services.build_gold_items(found, count, seed=seed)
         self.stdout.write(f"Built {len(items)} gold items in batch {found.pk}.")
+        if len(items) < count:
+            self.stdout.write(self.style.WARNING(
+                f"Asked for {count}: the batch has too few pairs of tasks with no question in common."))
