@@ -23,6 +23,7 @@ v1 = [
     path("batches/<int:batch_id>/annotators/<int:user_id>/stats/", views.annotator_stats, name="api-annotator-stats"),
     path("tasks/<int:task_id>/", views.task_detail, name="api-task"),
     path("tasks/<int:task_id>/comparison/", views.submit_comparison, name="api-submit"),
+    path("tasks/<int:task_id>/skip/", views.skip_task, name="api-skip"),
     path("imports/prompts/", views.import_prompts, name="api-import-prompts"),
     path("imports/preferences/", views.import_preferences, name="api-import-preferences"),
     path("preferences/export/", views.export_preferences, name="api-export"),

@@ -100,6 +100,17 @@ def task_detail(request: Request, task_id: int) -> Response:
     return Response(TaskSerializer(task, context={"lease": selectors.current_assignment(request.user, task)}).data)
 
 
+@extend_schema(request=None, tags=["annotation"],
+               responses={204: OpenApiResponse(description="Given back."), 404: ERROR})
+@api_view(["POST"])
+@permission_classes([IsAuthenticated])
+def skip_task(request: Request, task_id: int) -> Response:
+    """Give one's task back: it goes to other annotators and is not offered to the caller again. Idempotent."""
+    task = selectors.get_task_for_annotator(request.user, task_id)
+    services.skip_task(request.user, task.pk)
+    return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 SAFETY_FIELDS = {"response_a_safe": "A", "response_b_safe": "B"}
 
 

@@ -9,6 +9,8 @@ admin.site.index_title = "Batches, labels, checkpoints"
 # reach every model.
 admin.site.enable_nav_sidebar = False
 
+handler500 = "config.unavailable.server_error"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),

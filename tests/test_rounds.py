@@ -111,8 +111,11 @@ def test_a_round_from_comparisons_to_a_promoted_policy_through_the_training_work
 
 def test_the_gate_holds_a_policy_below_the_bar_and_an_admin_promotes_it_with_a_reason(
         checkpoint_dir, policy, comparisons):
-    round_ = rounds.run_inline(rounds.create_round(config=tiny_config(gate_min_win_rate=1.0), start=True).pk)
-    assert round_.status == RLHFRound.Status.HELD and round_.step == RLHFRound.Step.PROMOTION
+    # A bar of 1.0 holds any policy that loses one held-out prompt; eight of them (not four) make a clean sweep
+    # by the tiny policy, which once let it through, unlikely.
+    round_ = rounds.run_inline(rounds.create_round(config=tiny_config(gate_min_win_rate=1.0, heldout_prompts=8),
+                                                   start=True).pk)
+    assert round_.status == RLHFRound.Status.HELD and round_.step == RLHFRound.Step.PROMOTION, round_.metrics
     verdict = round_.metrics["promotion"]
     assert verdict["passed"] is False and verdict["threshold"] == 1.0
     assert current_policy() == policy  # not promoted

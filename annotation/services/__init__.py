@@ -1,8 +1,9 @@
 """Every write to the preference data goes through here.
 
 Each service validates, authorises, writes inside ``transaction.atomic()`` and schedules side effects
-(Celery tasks) with ``transaction.on_commit``. Views, API serializers and tasks call these; they never
-``.save()`` domain models themselves. One module per job:
+(Celery tasks) with ``transaction.on_commit(..., robust=True)``: a broker that is down is logged and never fails a
+write that has committed (the periodic requeue and checks catch up). Views, API serializers and tasks call these;
+they never ``.save()`` domain models themselves. One module per job:
 
 * ``assignment``: leasing the next pair, skipping, lease expiry, and which tasks are still open;
 * ``labels``: submitting and revising comparisons;
@@ -33,6 +34,7 @@ from annotation.services.pool import (
     refill_queue,
     requeue_stalled_generation,
 )
+from annotation.services.simulated import ensure_simulated_annotators
 
 __all__ = [
     "serve_gold",
@@ -51,6 +53,7 @@ __all__ = [
     "continue_dialogue",
     "create_queue_pairs",
     "enqueue_generation",
+    "ensure_simulated_annotators",
     "expire_leases",
     "refill_all_queues",
     "refill_queue",

@@ -67,7 +67,7 @@ def _new_generating_task(
         task=task, batch=dialogue.batch, annotator=user, from_queue=False, leased_at=now,
         expires_at=now + timedelta(minutes=settings.LADDER_LEASE_MINUTES),
     )
-    transaction.on_commit(lambda: enqueue_generation([task.pk]))
+    transaction.on_commit(lambda: enqueue_generation([task.pk]), robust=True)
     return task
 
 
@@ -155,5 +155,5 @@ def retry_generation(user: AbstractBaseUser, task_id: int) -> ComparisonTask:
             task.error = ""
             task.generation_attempts = 0
             task.save(update_fields=["status", "error", "generation_attempts"])
-            transaction.on_commit(lambda: enqueue_generation([task.pk]))
+            transaction.on_commit(lambda: enqueue_generation([task.pk]), robust=True)
         return task

@@ -148,7 +148,7 @@ def _record_label(user, task, label, category, assignment, now, idempotency_key)
     # The quality rules are judged on every gold answer and every 5th label, off the request.
     if is_gold or Comparison.objects.filter(batch_id=task.batch_id, annotator=user).count() % 5 == 0:
         user_id, batch_id = user.pk, task.batch_id
-        transaction.on_commit(lambda: enqueue_quality_check(user_id, batch_id))
+        transaction.on_commit(lambda: enqueue_quality_check(user_id, batch_id), robust=True)
     return comparison
 
 

@@ -126,7 +126,7 @@ def refill_queue(batch_id: int, *, enqueue: bool = True) -> list[ComparisonTask]
             ))
         if enqueue:
             ids = [t.pk for t in tasks]
-            transaction.on_commit(lambda: enqueue_generation(ids))
+            transaction.on_commit(lambda: enqueue_generation(ids), robust=True)
         return tasks
 
 
@@ -165,7 +165,7 @@ def requeue_stalled_generation(older_than_seconds: int | None = None) -> int:
                 .select_for_update(skip_locked=True, of=("self",)).values_list("pk", flat=True)[:500]
             )
         ids = lapsed + lost
-        transaction.on_commit(lambda: enqueue_generation(ids))
+        transaction.on_commit(lambda: enqueue_generation(ids), robust=True)
     if ids:
         logger.info("Sent %d sampling jobs again (%d lapsed claims, %d lost jobs).", len(ids), len(lapsed), len(lost))
     return len(ids)

@@ -1,0 +1,276 @@
+"""Simulated annotators: clients of the public REST API only (their own tokens; next task, then submit, sometimes
+skip, sometimes walk away), whose choices come from a gold preference function (``models_core.gold``) with
+Bradley-Terry noise. ``python manage.py simulate_annotators`` makes the accounts and runs them; the load
+benchmark and the fault tests run them against a live server and compare the database with their logs.
+
+Profiles, so that the quality checks have something to catch:
+
+==========  =====================================================================================
+careful     noise 0.15 (Bradley-Terry temperature on the gold gap), full think time
+noisy       noise 0.8: often picks the worse response of a close pair
+careless    picks a side and a strength at random, and submits in a tenth of the think time
+left        picks the response shown on the left 85% of the time, else as a careful annotator
+==========  =====================================================================================
+
+Every annotator skips ``skip_rate`` of its tasks (``POST /tasks/{id}/skip/``) and walks away from
+``abandon_rate`` of them (its lease then lapses and the task goes back to the queue). A submit carries an
+idempotency key and is retried with the same key after a connection error, a 5xx or a 503, so a label is never
+lost nor doubled by a retry. Each request is one line of the log: who, what, the status, the latency and, for a
+submit, what was sent and the comparison acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from models_core.gold import Gold, preference_probability, strength_of
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    noise: float = 0.15
+    left_bias: float = 0.0  # share of tasks on which the left response is chosen whatever the gold says
+    random_choice: bool = False
+    think_factor: float = 1.0
+    skip_rate: float = 0.02
+    abandon_rate: float = 0.005
+
+
+PROFILES = {
+    "careful": Profile("careful"),
+    "noisy": Profile("noisy", noise=0.8),
+    "careless": Profile("careless", random_choice=True, think_factor=0.1),
+    "left": Profile("left", left_bias=0.85),
+}
+DEFAULT_MIX = {"careful": 0.6, "noisy": 0.2, "careless": 0.1, "left": 0.1}
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``careful=0.6,noisy=0.2,...`` -> shares by profile (normalised)."""
+    mix: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, share = part.partition("=")
+        if name not in PROFILES:
+            raise ValueError(f"Unknown profile {name!r}; choose from: {', '.join(PROFILES)}.")
+        try:
+            mix[name] = float(share)
+        except ValueError:
+            raise ValueError(f"Profile share {part!r} is not name=number.") from None
+    total = sum(mix.values())
+    if total <= 0:
+        raise ValueError("The profile shares must add up to more than 0.")
+    return {name: share / total for name, share in mix.items()}
+
+
+def assign_profiles(n: int, mix: dict[str, float]) -> list[Profile]:
+    """``n`` profiles in the given shares (largest remainders; deterministic)."""
+    exact = {name: share * n for name, share in mix.items()}
+    counts = {name: int(v) for name, v in exact.items()}
+    for name in sorted(exact, key=lambda k: exact[k] - counts[k], reverse=True)[: n - sum(counts.values())]:
+        counts[name] += 1
+    return [PROFILES[name] for name, k in counts.items() for _ in range(k)]
+
+
+def prompt_of(task: dict) -> str:
+    """The user turns of the dialogue shown with the pair (the last one is what the responses answer)."""
+    return "\n".join(turn["content"] for turn in task["dialogue"] if turn["role"] == "user")
+
+
+def decide(task: dict, gold: Gold, profile: Profile, rng: random.Random, *, safety: bool) -> dict[str, Any]:
+    """The label this annotator gives the task, in the letters shown (A = ``responses[0]``, the left one)."""
+    prompt = prompt_of(task)
+    left, right = task["responses"][0]["text"], task["responses"][1]["text"]
+    gap = gold.score(prompt, left) - gold.score(prompt, right)
+    if profile.random_choice:
+        chosen = rng.choice("AB")
+        strength = rng.choice(["significantly_better", "better", "slightly_better", "negligibly_better"])
+    elif rng.random() < profile.left_bias:
+        chosen, strength = "A", strength_of(gap)
+    else:
+        chosen = "A" if rng.random() < preference_probability(gap, 0.0, profile.noise) else "B"
+        strength = strength_of(gap + rng.gauss(0.0, profile.noise / 2))
+    label: dict[str, Any] = {"chosen": chosen, "strength": strength}
+    if safety:
+        if profile.random_choice:
+            label["response_a_safe"], label["response_b_safe"] = rng.random() < 0.5, rng.random() < 0.5
+        else:
+            label["response_a_safe"], label["response_b_safe"] = gold.safe(prompt, left), gold.safe(prompt, right)
+    return label
+
+
+@dataclass
+class RunLog:
+    """The clients' log: one dict per request (thread-safe), written as JSON lines."""
+
+    events: list[dict] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, **event) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def write(self, path) -> None:
+        with open(path, "w", encoding="utf-8") as out:
+            for event in self.events:
+                out.write(json.dumps(event) + "\n")
+
+
+RETRY_STATUSES = {500, 502, 503, 504}
+
+
+class SimulatedAnnotator(threading.Thread):
+    def __init__(self, *, username: str, token: str, base_url: str, batches: dict[int, bool], gold: Gold,
+                 profile: Profile, think: float, deadline: float, log: RunLog, seed: int,
+                 max_retries: int = 20, timeout: float = 30.0):
+        super().__init__(name=f"sim-{username}", daemon=True)
+        self.username, self.base_url, self.gold, self.profile = username, base_url.rstrip("/"), gold, profile
+        self.batches = dict(batches)  # batch id -> is a safety batch
+        self.think, self.deadline, self.log, self.rng = think, deadline, log, random.Random(seed)
+        self.max_retries, self.timeout = max_retries, timeout
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {token}"
+        self.walked_away = False
+
+    # -- one request, logged --------------------------------------------------------------------------------
+    def _request(self, action: str, method: str, path: str, **kwargs) -> requests.Response | None:
+        started = time.perf_counter()
+        try:
+            response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            self.log.add(annotator=self.username, action=action, path=path, status=None,
+                         ms=(time.perf_counter() - started) * 1000, error=type(exc).__name__, t=time.time())
+            return None
+        event = {"annotator": self.username, "action": action, "path": path, "status": response.status_code,
+                 "ms": (time.perf_counter() - started) * 1000, "t": time.time()}
+        if response.status_code >= 400:
+            event["body"] = response.text[:300]
+            event["json_error"] = response.headers.get("Content-Type", "").startswith("application/json")
+        self.log.add(**event)
+        return response
+
+    def _pause(self, seconds: float) -> None:
+        time.sleep(max(0.0, min(seconds, self.deadline - time.monotonic())))
+
+    def _think_time(self) -> float:
+        if self.think <= 0:
+            return 0.0
+        return self.think * self.profile.think_factor * self.rng.uniform(0.5, 1.5)
+
+    # -- the annotator's loop ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        while time.monotonic() < self.deadline and self.batches:
+            batch = self.rng.choice(sorted(self.batches))
+            response = self._request("next", "POST", f"/api/v1/batches/{batch}/next-task/")
+            if response is None or response.status_code in RETRY_STATUSES:
+                self._pause(0.5)
+                continue
+            if response.status_code == 403:  # paused by a quality flag (or no longer on the batch)
+                self.batches.pop(batch)
+                continue
+            if response.status_code != 200:  # 204: nothing left for me here just now
+                self._pause(1.0 if self.think > 0 else 0.2)
+                continue
+            task = response.json()
+            if len(task.get("responses") or []) != 2:  # still sampling (prompt mode): come back later
+                self._pause(0.5)
+                continue
+            self._pause(self._think_time())
+            if time.monotonic() >= self.deadline:
+                break
+            draw = self.rng.random()
+            if draw < self.profile.abandon_rate:
+                self.log.add(annotator=self.username, action="abandon", task=task["id"], t=time.time())
+                self.walked_away = True
+                return  # the lease lapses and the task goes back to the queue
+            if draw < self.profile.abandon_rate + self.profile.skip_rate:
+                self._request("skip", "POST", f"/api/v1/tasks/{task['id']}/skip/")
+                continue
+            self._submit(task, decide(task, self.gold, self.profile, self.rng, safety=self.batches[batch]))
+
+    def _submit(self, task: dict, label: dict) -> None:
+        key = str(uuid.uuid4())
+        body = {**label, "idempotency_key": key}
+        for attempt in range(self.max_retries + 1):
+            response = self._request("submit", "POST", f"/api/v1/tasks/{task['id']}/comparison/", json=body)
+            if response is not None and response.status_code not in RETRY_STATUSES:
+                ok = response.status_code in (200, 201)
+                self.log.add(annotator=self.username, action="label", task=task["id"], key=key, sent=label,
+                             acknowledged=response.json().get("id") if ok else None, status=response.status_code,
+                             attempts=attempt + 1, t=time.time())
+                return
+            self._pause(min(0.2 * 2 ** attempt, 2.0))
+            if time.monotonic() >= self.deadline and attempt >= 2:
+                break
+        self.log.add(annotator=self.username, action="label", task=task["id"], key=key, sent=label,
+                     acknowledged=None, status=None, attempts=self.max_retries + 1, t=time.time())
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def summarise(log: RunLog, seconds: float) -> dict[str, Any]:
+    """Counts and latencies per endpoint, errors, and labels per profile-tagged annotator."""
+    by_action: dict[str, list[dict]] = defaultdict(list)
+    for event in log.events:
+        by_action[event["action"]].append(event)
+    requests_out = {}
+    for action in ("next", "submit", "skip"):
+        events = by_action.get(action, [])
+        ms = [e["ms"] for e in events if e.get("status") is not None]
+        requests_out[action] = {
+            "requests": len(events), "statuses": dict(Counter(str(e.get("status")) for e in events)),
+            "p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95), "p99_ms": percentile(ms, 99),
+            "mean_ms": statistics.fmean(ms) if ms else None,
+        }
+    labels = by_action.get("label", [])
+    acknowledged = [e for e in labels if e.get("acknowledged")]
+    server_errors = sum(1 for e in log.events if (e.get("status") or 0) >= 500)
+    return {
+        "seconds": seconds, "requests": requests_out,
+        "labels": len(acknowledged), "labels_per_second": len(acknowledged) / seconds if seconds else None,
+        "labels_unacknowledged": len(labels) - len(acknowledged),
+        "skips": len(by_action.get("skip", [])), "abandoned": len(by_action.get("abandon", [])),
+        "server_errors": server_errors,
+        "server_errors_not_json": sum(1 for e in log.events if (e.get("status") or 0) >= 500
+                                      and not e.get("json_error")),
+        "connection_errors": sum(1 for e in log.events if e.get("error")),
+    }
+
+
+def run_annotators(accounts: list[tuple[str, str, Profile]], *, base_url: str, batches: dict[int, bool],
+                   gold: Gold, duration: float, think: float, seed: int = 0, log: RunLog | None = None,
+                   progress=None) -> tuple[RunLog, dict[str, Any]]:
+    """Run one thread per ``(username, token, profile)`` for ``duration`` seconds; returns the log and its
+    summary. ``progress(done_labels, elapsed)`` is called about once a second."""
+    log = log or RunLog()
+    started = time.monotonic()
+    deadline = started + duration
+    threads = [SimulatedAnnotator(username=u, token=t, base_url=base_url, batches=batches, gold=gold, profile=p,
+                                  think=think, deadline=deadline, log=log, seed=seed * 100_003 + i)
+               for i, (u, t, p) in enumerate(accounts)]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        if progress is not None:
+            with log.lock:
+                done = sum(1 for e in log.events if e["action"] == "label" and e.get("acknowledged"))
+            progress(done, time.monotonic() - started)
+        if time.monotonic() > deadline + 60:  # a request hung past its timeout and retries: stop waiting
+            break
+    return log, summarise(log, time.monotonic() - started)
