@@ -6,6 +6,7 @@ import json
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 from tqdm import tqdm
 
 from annotation import services
@@ -77,6 +78,7 @@ class Command(BaseCommand):
                 duration=duration, think=think if pace == "human" else 0.0, seed=seed, progress=progress)
         finally:
             bar.close()
+            connection.close()  # the database may have restarted during the run: a fresh connection
             for token, _ in issued:  # the tokens die with the run
                 token.delete()
         if log:
