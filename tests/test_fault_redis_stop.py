@@ -1,0 +1,123 @@
+"""Faults (issue 10 §4): Redis (broker and cache) stops for a moment while simulated annotators work through the
+API of a running server. Annotation keeps being served the whole time (no 5xx, every label saved once, as
+sent), and the Celery worker takes up work again once Redis is back."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+from config.devservices import _redis_alive, _redis_binary
+from tests.test_fault_postgres_restart import ROOT, _free_port, _manage, _wait_for
+
+
+def _start_redis(folder: Path, port: int) -> None:
+    subprocess.run([str(_redis_binary()), "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
+                    "--dir", str(folder), "--pidfile", str(folder / "redis.pid"), "--logfile",
+                    str(folder / "redis.log"), "--save", "60", "1", "--appendonly", "no"], check=True)
+    for _ in range(200):
+        if _redis_alive(port):
+            return
+        time.sleep(0.05)
+    raise AssertionError("Redis did not start")
+
+
+def _stop_redis(folder: Path, port: int) -> None:
+    os.kill(int((folder / "redis.pid").read_text()), signal.SIGTERM)  # saves its data, then exits
+    for _ in range(200):
+        if not _redis_alive(port):
+            return
+        time.sleep(0.05)
+
+
+def _database(name: str) -> tuple[str, str]:
+    """A fresh database on the suite's PostgreSQL server: (its URL, the server's admin URL)."""
+    base = os.environ["DATABASE_URL"]
+    if "?" in base:  # a private server on a Unix socket: postgres://postgres@/db?host=...
+        path, query = base.split("?", 1)
+        admin, url = f"{path.rsplit('/', 1)[0]}/postgres?{query}", f"{path.rsplit('/', 1)[0]}/{name}?{query}"
+    else:
+        admin, url = base.rsplit("/", 1)[0] + "/postgres", base.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(admin.replace("postgres://", "postgresql://"), autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        db.execute(f'CREATE DATABASE "{name}"')
+    return url, admin
+
+
+def test_a_redis_outage_keeps_annotation_going_and_the_worker_resumes(tmp_path):
+    port = _free_port()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    _start_redis(redis_dir, port)
+    url, admin = _database("ladder_fault_redis")
+    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+           "DJANGO_SETTINGS_MODULE": "config.settings.test"}
+    server = worker = None
+    try:
+        _manage(env, "migrate", "--noinput")
+        seeded = _manage(env, "shell", "-c", (
+            "from tests.factories import BatchFactory, make_pairs; "
+            "b = BatchFactory(status='open', overlap=1, gold_rate=0.0); make_pairs(b, 300); print(b.pk)"))
+        batch = int(seeded.stdout.strip().splitlines()[-1])
+        web = _free_port()
+        server = subprocess.Popen([sys.executable, "manage.py", "runserver", f"127.0.0.1:{web}", "--noreload"],
+                                  cwd=ROOT, env=env, stdout=(tmp_path / "server.log").open("w"),
+                                  stderr=subprocess.STDOUT)
+        worker_log = tmp_path / "worker.log"
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q",
+                                   "default", "--concurrency", "1", "--loglevel", "INFO"], cwd=ROOT, env=env,
+                                  stdout=worker_log.open("w"), stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{web}"
+        _wait_for(f"{base}/api/v1/health/")
+        outage = {}
+
+        def stop_for_a_moment():
+            time.sleep(6)
+            outage["down"] = time.time()
+            _stop_redis(redis_dir, port)
+            time.sleep(4)
+            _start_redis(redis_dir, port)
+            outage["up"] = time.time()
+
+        thread = threading.Thread(target=stop_for_a_moment)
+        thread.start()
+        log = tmp_path / "clients.jsonl"
+        _manage(env, "simulate_annotators", "--annotators", "4", "--duration", "20", "--base-url", base,
+                "--gold", "helpful-v1", "--pace", "human", "--think", "0.2", "--batch", str(batch),
+                "--profiles", "careful=1", "--log", str(log))
+        thread.join()
+        assert "up" in outage, "Redis did not come back"
+        events = [json.loads(line) for line in log.read_text().splitlines()]
+        assert not [e for e in events if (e.get("status") or 0) >= 500 or e.get("error")]
+        labels = [e for e in events if e["action"] == "label"]
+        assert all(e["acknowledged"] for e in labels)
+        assert any(outage["down"] + 0.5 < e["t"] < outage["up"] for e in labels), "nothing saved while Redis was down"
+        with psycopg.connect(url.replace("postgres://", "postgresql://")) as db:
+            stored = {r[0]: r[1:] for r in db.execute(
+                "SELECT c.id, c.task_id, c.strength FROM annotation_comparison c WHERE c.batch_id = %s",
+                [batch]).fetchall()}
+        assert sorted(e["acknowledged"] for e in labels) == sorted(stored)
+        assert all(stored[e["acknowledged"]] == (e["task"], e["sent"]["strength"]) for e in labels)
+        # Queued work resumes: the worker, cut off with Redis, takes a job sent after it came back.
+        _manage(env, "shell", "-c", "from celery import current_app; "
+                "current_app.send_task('workers.tasks.refresh_stale_dashboards')")
+        deadline = time.monotonic() + 60
+        while not re.search(r"Task workers\.tasks\.refresh_stale_dashboards\[[^]]+\] succeeded",
+                            worker_log.read_text()):
+            assert time.monotonic() < deadline, worker_log.read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        for proc in (server, worker):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
+        _stop_redis(redis_dir, port)
+        with psycopg.connect(admin.replace("postgres://", "postgresql://"), autocommit=True) as db:
+            db.execute('DROP DATABASE IF EXISTS "ladder_fault_redis" WITH (FORCE)')
