@@ -51,4 +51,4 @@ RUN DJANGO_SECRET_KEY=build-only-collectstatic-not-a-secret \
 USER ladder
 
 EXPOSE 8000
-CMD ["gunicorn", "config.wsgi:application", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--threads", "4", "--timeout", "900", "--access-logfile", "-"]
+CMD ["gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application"]
