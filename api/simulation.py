@@ -31,9 +31,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import requests
 
-from models_core.gold import Gold, preference_probability, strength_of
+from models_core.gold import STRENGTHS, Gold, preference_probability, strength_of
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def decide(task: dict, gold: Gold, profile: Profile, rng: random.Random, *, safe
     gap = gold.score(prompt, left) - gold.score(prompt, right)
     if profile.random_choice:
         chosen = rng.choice("AB")
-        strength = rng.choice(["significantly_better", "better", "slightly_better", "negligibly_better"])
+        strength = rng.choice(STRENGTHS)
     elif rng.random() < profile.left_bias:
         chosen, strength = "A", strength_of(gap)
     else:
@@ -111,14 +112,17 @@ def decide(task: dict, gold: Gold, profile: Profile, rng: random.Random, *, safe
 
 @dataclass
 class RunLog:
-    """The clients' log: one dict per request (thread-safe), written as JSON lines."""
+    """The clients' log: one dict per request (thread-safe), written as JSON lines; ``saved`` counts the
+    acknowledged labels as they come (the progress bar)."""
 
     events: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    saved: int = 0
 
     def add(self, **event) -> None:
         with self.lock:
             self.events.append(event)
+            self.saved += event["action"] == "label" and bool(event.get("acknowledged"))
 
     def write(self, path) -> None:
         with open(path, "w", encoding="utf-8") as out:
@@ -140,7 +144,6 @@ class SimulatedAnnotator(threading.Thread):
         self.max_retries, self.timeout = max_retries, timeout
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Token {token}"
-        self.walked_away = False
 
     # -- one request, logged --------------------------------------------------------------------------------
     def _request(self, action: str, method: str, path: str, **kwargs) -> requests.Response | None:
@@ -191,7 +194,6 @@ class SimulatedAnnotator(threading.Thread):
             draw = self.rng.random()
             if draw < self.profile.abandon_rate:
                 self.log.add(annotator=self.username, action="abandon", task=task["id"], t=time.time())
-                self.walked_away = True
                 return  # the lease lapses and the task goes back to the queue
             if draw < self.profile.abandon_rate + self.profile.skip_rate:
                 self._request("skip", "POST", f"/api/v1/tasks/{task['id']}/skip/")
@@ -199,32 +201,26 @@ class SimulatedAnnotator(threading.Thread):
             self._submit(task, decide(task, self.gold, self.profile, self.rng, safety=self.batches[batch]))
 
     def _submit(self, task: dict, label: dict) -> None:
+        """Submit with one idempotency key, retried after a connection error or a 5xx (backing off up to 2 s; past
+        the deadline, three tries at most); one "label" line in the log for the outcome."""
         key = str(uuid.uuid4())
         body = {**label, "idempotency_key": key}
-        for attempt in range(self.max_retries + 1):
+        acknowledged = status = None
+        for attempt in range(1, self.max_retries + 2):
             response = self._request("submit", "POST", f"/api/v1/tasks/{task['id']}/comparison/", json=body)
             if response is not None and response.status_code not in RETRY_STATUSES:
-                ok = response.status_code in (200, 201)
-                self.log.add(annotator=self.username, action="label", task=task["id"], key=key, sent=label,
-                             acknowledged=response.json().get("id") if ok else None, status=response.status_code,
-                             attempts=attempt + 1, t=time.time())
-                return
-            self._pause(min(0.2 * 2 ** attempt, 2.0))
-            if time.monotonic() >= self.deadline and attempt >= 2:
+                status = response.status_code
+                acknowledged = response.json().get("id") if status in (200, 201) else None
                 break
+            if time.monotonic() >= self.deadline and attempt >= 3:
+                break
+            self._pause(min(0.2 * 2 ** (attempt - 1), 2.0))
         self.log.add(annotator=self.username, action="label", task=task["id"], key=key, sent=label,
-                     acknowledged=None, status=None, attempts=self.max_retries + 1, t=time.time())
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+                     acknowledged=acknowledged, status=status, attempts=attempt, t=time.time())
 
 
 def summarise(log: RunLog, seconds: float) -> dict[str, Any]:
-    """Counts and latencies per endpoint, errors, and labels per profile-tagged annotator."""
+    """Counts, statuses and latency percentiles per endpoint; labels saved, skipped, walked away from; errors."""
     by_action: dict[str, list[dict]] = defaultdict(list)
     for event in log.events:
         by_action[event["action"]].append(event)
@@ -232,10 +228,10 @@ def summarise(log: RunLog, seconds: float) -> dict[str, Any]:
     for action in ("next", "submit", "skip"):
         events = by_action.get(action, [])
         ms = [e["ms"] for e in events if e.get("status") is not None]
+        p50, p95, p99 = (float(v) for v in np.percentile(ms, [50, 95, 99])) if ms else (None, None, None)
         requests_out[action] = {
             "requests": len(events), "statuses": dict(Counter(str(e.get("status")) for e in events)),
-            "p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95), "p99_ms": percentile(ms, 99),
-            "mean_ms": statistics.fmean(ms) if ms else None,
+            "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "mean_ms": statistics.fmean(ms) if ms else None,
         }
     labels = by_action.get("label", [])
     acknowledged = [e for e in labels if e.get("acknowledged")]
@@ -268,9 +264,7 @@ def run_annotators(accounts: list[tuple[str, str, Profile]], *, base_url: str, b
     while any(t.is_alive() for t in threads):
         time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
         if progress is not None:
-            with log.lock:
-                done = sum(1 for e in log.events if e["action"] == "label" and e.get("acknowledged"))
-            progress(done, time.monotonic() - started)
+            progress(log.saved, time.monotonic() - started)
         if time.monotonic() > deadline + 60:  # a request hung past its timeout and retries: stop waiting
             break
     return log, summarise(log, time.monotonic() - started)

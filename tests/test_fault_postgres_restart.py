@@ -6,33 +6,16 @@ no comparison half-written, none lost, none doubled by a retry."""
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psycopg
 
 from config.devservices import _pg_bin, start_postgres, stop_postgres
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _manage(env, *args):
-    done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=180)
-    assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-    return done
+from tests.live_stack import manage, serve
 
 
 def _pg_ctl(folder: Path, *args: str) -> None:
@@ -40,17 +23,6 @@ def _pg_ctl(folder: Path, *args: str) -> None:
     user = ["runuser", "-u", "embedded_postgres", "--"] if os.geteuid() == 0 else []
     subprocess.run([*user, _pg_bin("pg_ctl"), "-D", str(folder), "-w", *args], check=True, capture_output=True,
                    timeout=60)
-
-
-def _wait_for(url: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            assert time.monotonic() < deadline, f"{url} did not come up"
-            time.sleep(0.3)
 
 
 def test_a_postgres_restart_during_annotation_loses_and_doubles_nothing(tmp_path):
@@ -64,17 +36,12 @@ def test_a_postgres_restart_during_annotation_loses_and_doubles_nothing(tmp_path
            "DATABASE_CONN_MAX_AGE": "60"}
     server = None
     try:
-        _manage(env, "migrate", "--noinput")
-        seeded = _manage(env, "shell", "-c", (
+        manage(env, "migrate", "--noinput")
+        seeded = manage(env, "shell", "-c", (
             "from tests.factories import BatchFactory, make_pairs; "
             "b = BatchFactory(status='open', overlap=1, gold_rate=0.0); make_pairs(b, 400); print(b.pk)"))
         batch = int(seeded.stdout.strip().splitlines()[-1])
-        port = _free_port()
-        server_log = (tmp_path / "server.log").open("w")
-        server = subprocess.Popen([sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-                                  cwd=ROOT, env=env, stdout=server_log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        _wait_for(f"{base}/api/v1/health/")
+        server, base = serve(env, tmp_path / "server.log")
         log, summary = tmp_path / "clients.jsonl", tmp_path / "summary.json"
         restarted = {}
 
@@ -88,7 +55,7 @@ def test_a_postgres_restart_during_annotation_loses_and_doubles_nothing(tmp_path
 
         thread = threading.Thread(target=restart)
         thread.start()
-        _manage(env, "simulate_annotators", "--annotators", "4", "--duration", "24", "--base-url", base,
+        manage(env, "simulate_annotators", "--annotators", "4", "--duration", "24", "--base-url", base,
                 "--gold", "helpful-v1", "--pace", "human", "--think", "0.2", "--batch", str(batch),
                 "--profiles", "careful=1", "--log", str(log), "--json", str(summary))
         thread.join()

@@ -7,15 +7,14 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import psycopg
 
-from config.devservices import _redis_alive, _redis_binary
-from tests.test_fault_postgres_restart import ROOT, _free_port, _manage, _wait_for
+from config.devservices import _redis_alive, _redis_binary, worker_command
+from tests.live_stack import ROOT, free_port, manage, serve
 
 
 def _start_redis(folder: Path, port: int) -> None:
@@ -52,7 +51,7 @@ def _database(name: str) -> tuple[str, str]:
 
 
 def test_a_redis_outage_keeps_annotation_going_and_the_worker_resumes(tmp_path):
-    port = _free_port()
+    port = free_port()
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
     _start_redis(redis_dir, port)
@@ -61,21 +60,15 @@ def test_a_redis_outage_keeps_annotation_going_and_the_worker_resumes(tmp_path):
            "DJANGO_SETTINGS_MODULE": "config.settings.test"}
     server = worker = None
     try:
-        _manage(env, "migrate", "--noinput")
-        seeded = _manage(env, "shell", "-c", (
+        manage(env, "migrate", "--noinput")
+        seeded = manage(env, "shell", "-c", (
             "from tests.factories import BatchFactory, make_pairs; "
             "b = BatchFactory(status='open', overlap=1, gold_rate=0.0); make_pairs(b, 300); print(b.pk)"))
         batch = int(seeded.stdout.strip().splitlines()[-1])
-        web = _free_port()
-        server = subprocess.Popen([sys.executable, "manage.py", "runserver", f"127.0.0.1:{web}", "--noreload"],
-                                  cwd=ROOT, env=env, stdout=(tmp_path / "server.log").open("w"),
-                                  stderr=subprocess.STDOUT)
+        server, base = serve(env, tmp_path / "server.log")
         worker_log = tmp_path / "worker.log"
-        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q",
-                                   "default", "--concurrency", "1", "--loglevel", "INFO"], cwd=ROOT, env=env,
-                                  stdout=worker_log.open("w"), stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{web}"
-        _wait_for(f"{base}/api/v1/health/")
+        worker = subprocess.Popen(worker_command("default"), cwd=ROOT, env=env, stdout=worker_log.open("w"),
+                                  stderr=subprocess.STDOUT)
         outage = {}
 
         def stop_for_a_moment():
@@ -89,7 +82,7 @@ def test_a_redis_outage_keeps_annotation_going_and_the_worker_resumes(tmp_path):
         thread = threading.Thread(target=stop_for_a_moment)
         thread.start()
         log = tmp_path / "clients.jsonl"
-        _manage(env, "simulate_annotators", "--annotators", "4", "--duration", "20", "--base-url", base,
+        manage(env, "simulate_annotators", "--annotators", "4", "--duration", "20", "--base-url", base,
                 "--gold", "helpful-v1", "--pace", "human", "--think", "0.2", "--batch", str(batch),
                 "--profiles", "careful=1", "--log", str(log))
         thread.join()
@@ -106,7 +99,7 @@ def test_a_redis_outage_keeps_annotation_going_and_the_worker_resumes(tmp_path):
         assert sorted(e["acknowledged"] for e in labels) == sorted(stored)
         assert all(stored[e["acknowledged"]] == (e["task"], e["sent"]["strength"]) for e in labels)
         # Queued work resumes: the worker, cut off with Redis, takes a job sent after it came back.
-        _manage(env, "shell", "-c", "from celery import current_app; "
+        manage(env, "shell", "-c", "from celery import current_app; "
                 "current_app.send_task('workers.tasks.refresh_stale_dashboards')")
         deadline = time.monotonic() + 60
         while not re.search(r"Task workers\.tasks\.refresh_stale_dashboards\[[^]]+\] succeeded",

@@ -8,13 +8,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.test_fault_postgres_restart import _free_port
+from tests.live_stack import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "config" / "gunicorn.conf.py"
 
 
@@ -47,7 +45,7 @@ def test_the_dockerfile_and_compose_start_gunicorn_with_it():
 
 
 def test_gunicorn_serves_the_platform_with_it():
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "WEB_BIND": f"127.0.0.1:{port}",
            "WEB_CONCURRENCY": "2", "WEB_THREADS": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(CONF), "config.wsgi:application"],

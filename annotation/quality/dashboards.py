@@ -127,11 +127,12 @@ def refresh(what: str, ident: int | str) -> dict[str, Any] | None:
     return snapshot
 
 
-def _request_refresh(what: str, ident: int | str) -> bool:
-    """Ask a worker to refresh the snapshot, unless a refresh is already under way. False when the broker could
-    not be reached: the viewer still gets the older snapshot, and the next view asks again."""
+def _request_refresh(what: str, ident: int | str) -> bool | None:
+    """Ask a worker to refresh the snapshot: True when this call queued it, None when a refresh was already
+    under way, False when the broker could not be reached (the viewer still gets the older snapshot, and the
+    next view asks again)."""
     if not cache.add(_lock_key(what, ident), 1, REFRESH_LOCK_SECONDS):
-        return True
+        return None
     from celery import current_app
 
     try:
@@ -161,12 +162,12 @@ def _snapshot(what: str, ident: int | str) -> dict[str, Any]:
         return {**snapshot, "fresh": True, "refreshing": False}
     if settings.LADDER_DASHBOARD_REFRESH == "inline" or (snapshot is None and _computed_while_waiting(what, current)):
         return {**refresh(what, ident), "fresh": True, "refreshing": False}
-    queued = _request_refresh(what, ident)
+    refreshing = _request_refresh(what, ident) is not False
     if snapshot is None:
-        if not queued:  # no worker will hear of it: compute it here rather than never
+        if not refreshing:  # no worker will hear of it: compute it here rather than never
             return {**refresh(what, ident), "fresh": True, "refreshing": False}
         return {"fingerprint": None, "computed_at": None, "data": None, "fresh": False, "refreshing": True}
-    return {**snapshot, "fresh": False, "refreshing": queued}
+    return {**snapshot, "fresh": False, "refreshing": refreshing}
 
 
 def refresh_stale_batches() -> list[int]:
@@ -175,13 +176,10 @@ def refresh_stale_batches() -> list[int]:
     more often finds the numbers up to date. One grouped query for all the fingerprints; a batch already being
     refreshed is left to that refresh. Returns the batches asked for."""
     current = stats.fingerprints_by_batch()
-    keys = {batch_id: _key("batch", batch_id) for batch_id in current}
-    snapshots = cache.get_many(list(keys.values()))
-    under_way = cache.get_many([_lock_key("batch", batch_id) for batch_id in current])
+    snapshots = cache.get_many([_key("batch", batch_id) for batch_id in current])
     stale = [batch_id for batch_id, fp in sorted(current.items())
-             if (snapshots.get(keys[batch_id]) or {}).get("fingerprint") != fp
-             and _lock_key("batch", batch_id) not in under_way]
-    return [batch_id for batch_id in stale if _request_refresh("batch", batch_id)]
+             if (snapshots.get(_key("batch", batch_id)) or {}).get("fingerprint") != fp]
+    return [batch_id for batch_id in stale if _request_refresh("batch", batch_id) is True]
 
 
 def _freshness(snapshot: dict[str, Any]) -> dict[str, Any]:

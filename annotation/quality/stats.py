@@ -155,11 +155,11 @@ def _label_stats(batch_id: int, annotator_id: int | None) -> dict[str, Any]:
     return stats
 
 
-_FINGERPRINT_SQL = """
-SELECT count(*), count(*) FILTER (WHERE c.qa_state = 'rejected'), count(*) FILTER (WHERE c.is_gold),
-       max(c.updated_at), max(c.id)
-FROM annotation_comparison c WHERE {where}
-"""
+_FINGERPRINT_COLUMNS = """count(*), count(*) FILTER (WHERE c.qa_state = 'rejected'), count(*) FILTER (WHERE c.is_gold),
+       max(c.updated_at), max(c.id)"""
+_FINGERPRINT_SQL = f"SELECT {_FINGERPRINT_COLUMNS} FROM annotation_comparison c WHERE {{where}}"
+_FINGERPRINTS_BY_BATCH_SQL = (f"SELECT c.batch_id, {_FINGERPRINT_COLUMNS} FROM annotation_comparison c "
+                              "GROUP BY c.batch_id")
 
 
 def _fingerprint_text(n: int, rejected: int, gold: int, updated, last: int | None) -> str:
@@ -174,8 +174,7 @@ def fingerprint_labels(fingerprint_text: str) -> int:
 def fingerprints_by_batch() -> dict[int, str]:
     """Every batch's ``fingerprint`` in one grouped pass, for the batches with a label (the periodic refresh)."""
     with connection.cursor() as cursor:
-        cursor.execute(_FINGERPRINT_SQL.replace("{where}", "TRUE").replace("SELECT", "SELECT c.batch_id,", 1)
-                       + " GROUP BY c.batch_id")
+        cursor.execute(_FINGERPRINTS_BY_BATCH_SQL)
         return {batch_id: _fingerprint_text(*rest) for batch_id, *rest in cursor.fetchall()}
 
 
