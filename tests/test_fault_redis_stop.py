@@ -1,6 +1,7 @@
 """Faults (issue 10 §4): Redis (broker and cache) stops for a moment while simulated annotators work through the
 API of a running server. Annotation keeps being served the whole time (no 5xx, every label saved once, as
-sent), and the Celery worker takes up work again once Redis is back."""
+sent); once Redis is back the Celery worker takes up work again, and a job that was waiting in Redis when it
+stopped is still there and gets done."""
 
 import json
 import os
@@ -36,6 +37,13 @@ def _stop_redis(folder: Path, port: int) -> None:
         time.sleep(0.05)
 
 
+def _wait_for_success(log: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not re.search(r"Task workers\.tasks\.refresh_stale_dashboards\[[^]]+\] succeeded", log.read_text()):
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
 def _database(name: str) -> tuple[str, str]:
     """A fresh database on the suite's PostgreSQL server: (its URL, the server's admin URL)."""
     base = os.environ["DATABASE_URL"]
@@ -58,13 +66,16 @@ def test_a_redis_outage_keeps_annotation_going_and_the_worker_resumes(tmp_path):
     url, admin = _database("ladder_fault_redis")
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": f"redis://127.0.0.1:{port}/0",
            "DJANGO_SETTINGS_MODULE": "config.settings.test"}
-    server = worker = None
+    server = worker = waiting = None
     try:
         manage(env, "migrate", "--noinput")
         seeded = manage(env, "shell", "-c", (
             "from tests.factories import BatchFactory, make_pairs; "
             "b = BatchFactory(status='open', overlap=1, gold_rate=0.0); make_pairs(b, 300); print(b.pk)"))
         batch = int(seeded.stdout.strip().splitlines()[-1])
+        # A job left waiting in Redis before the outage (on a queue no worker takes yet).
+        manage(env, "shell", "-c", "from celery import current_app; "
+               "current_app.send_task('workers.tasks.refresh_stale_dashboards', queue='waiting')")
         server, base = serve(env, tmp_path / "server.log")
         worker_log = tmp_path / "worker.log"
         worker = subprocess.Popen(worker_command("default"), cwd=ROOT, env=env, stdout=worker_log.open("w"),
@@ -98,16 +109,17 @@ def test_a_redis_outage_keeps_annotation_going_and_the_worker_resumes(tmp_path):
                 [batch]).fetchall()}
         assert sorted(e["acknowledged"] for e in labels) == sorted(stored)
         assert all(stored[e["acknowledged"]] == (e["task"], e["sent"]["strength"]) for e in labels)
-        # Queued work resumes: the worker, cut off with Redis, takes a job sent after it came back.
+        # Work resumes: the worker, cut off with Redis, takes a job sent after it came back; and the job that was
+        # waiting in Redis when it stopped is still there, and done by a worker for its queue.
         manage(env, "shell", "-c", "from celery import current_app; "
-                "current_app.send_task('workers.tasks.refresh_stale_dashboards')")
-        deadline = time.monotonic() + 60
-        while not re.search(r"Task workers\.tasks\.refresh_stale_dashboards\[[^]]+\] succeeded",
-                            worker_log.read_text()):
-            assert time.monotonic() < deadline, worker_log.read_text()[-3000:]
-            time.sleep(0.5)
+               "current_app.send_task('workers.tasks.refresh_stale_dashboards')")
+        _wait_for_success(worker_log)
+        waiting_log = tmp_path / "worker-waiting.log"
+        waiting = subprocess.Popen(worker_command("waiting"), cwd=ROOT, env=env, stdout=waiting_log.open("w"),
+                                   stderr=subprocess.STDOUT)
+        _wait_for_success(waiting_log)
     finally:
-        for proc in (server, worker):
+        for proc in (server, worker, waiting):
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=30)
