@@ -7,10 +7,12 @@ import runpy
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
 
+from tests.conftest import database_url_for_tests
 from tests.live_stack import ROOT, free_port
 
 CONF = ROOT / "config" / "gunicorn.conf.py"
@@ -44,10 +46,12 @@ def test_the_dockerfile_and_compose_start_gunicorn_with_it():
     assert command in (ROOT / "docker-compose.yml").read_text()
 
 
+@pytest.mark.django_db
 def test_gunicorn_serves_the_platform_with_it():
     port = free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "WEB_BIND": f"127.0.0.1:{port}",
-           "WEB_CONCURRENCY": "2", "WEB_THREADS": "2"}
+    # The test database: DATABASE_URL may name one that only pytest's test_ copy of exists (as in CI).
+    env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "DJANGO_SETTINGS_MODULE": "config.settings.test",
+           "WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "2", "WEB_THREADS": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(CONF), "config.wsgi:application"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -57,6 +61,8 @@ def test_gunicorn_serves_the_platform_with_it():
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health/", timeout=2) as response:
                     assert response.status == 200
                     break
+            except urllib.error.HTTPError as error:
+                raise AssertionError(f"health check answered {error.code}: {error.read()[:500]!r}") from error
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "gunicorn did not serve"
                 time.sleep(0.3)
