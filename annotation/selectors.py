@@ -3,8 +3,12 @@ ids of other people's work reveal nothing."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db import connection
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Left
 from django.http import Http404
 
@@ -43,23 +47,88 @@ def get_batch_for_reviewer(user: AbstractBaseUser, batch_id: int) -> AnnotationB
     return batch
 
 
-def get_task_for_annotator(user: AbstractBaseUser, task_id: int, for_update: bool = False) -> ComparisonTask:
+TASK_SHOWN = ("batch", "dialogue", "response_a", "response_b")
+
+# Who may see a task, in one statement of index probes: an annotator of its batch who owns it (prompt mode),
+# holds or held a lease on it, or labelled it. Plain SQL: it runs on every annotation request, and built by the
+# ORM (a join and two EXISTS subqueries) it cost more to compile than to run.
+_TASK_ACCESS_SQL = """
+SELECT 1 FROM annotation_comparisontask t
+WHERE t.id = %(task)s
+  AND EXISTS (SELECT 1 FROM annotation_annotationbatch_annotators m
+              WHERE m.annotationbatch_id = t.batch_id AND m.user_id = %(user)s)
+  AND (t.owner_id = %(user)s
+       OR EXISTS (SELECT 1 FROM annotation_assignment a WHERE a.task_id = t.id AND a.annotator_id = %(user)s)
+       OR EXISTS (SELECT 1 FROM annotation_comparison c WHERE c.task_id = t.id AND c.annotator_id = %(user)s))
+"""
+
+
+def get_task_for_annotator(user: AbstractBaseUser, task_id: int, for_update: bool = False,
+                           related: tuple[str, ...] = TASK_SHOWN) -> ComparisonTask:
     """The task if this annotator owns it, holds or held a lease on it, or labelled it, in a batch
-    assigned to them."""
-    qs = ComparisonTask.objects.select_related(
-        "batch", "dialogue", "response_a", "response_b"
-    ).filter(pk=task_id, batch__annotators=user)
-    qs = qs.filter(
-        Q(owner=user)
-        | Exists(Assignment.objects.filter(task=OuterRef("pk"), annotator=user))
-        | Exists(Comparison.objects.filter(task=OuterRef("pk"), annotator=user))
-    )
-    if for_update:
-        qs = qs.select_for_update(of=("self",))
-    task = qs.first()
+    assigned to them; with ``related`` read along (what a page shows, by default)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_TASK_ACCESS_SQL, {"task": task_id, "user": user.pk})
+        allowed = cursor.fetchone() is not None
+    task = None
+    if allowed:
+        qs = ComparisonTask.objects.select_related(*related).filter(pk=task_id)
+        if for_update:
+            qs = qs.select_for_update(of=("self",))
+        task = qs.first()
     if task is None:
         raise Http404("No such task among yours.")
     return task
+
+
+# A task as it is shown, in one statement: the pair's texts and the dialogue's turns before it (JSON).
+_TASK_SHOWN_SQL = """
+SELECT t.id, t.batch_id, t.status, t.turn_index, t.shown_order, t.note, t.error, ra.id, ra.text, rb.id, rb.text,
+       COALESCE((SELECT json_agg(json_build_object('index', u.index, 'role', u.role, 'content', u.content)
+                                 ORDER BY u.index)
+                 FROM annotation_turn u WHERE u.dialogue_id = t.dialogue_id AND u.index < t.turn_index), '[]')
+FROM annotation_comparisontask t
+LEFT JOIN annotation_response ra ON ra.id = t.response_a_id
+LEFT JOIN annotation_response rb ON rb.id = t.response_b_id
+WHERE t.id = %(task)s
+"""
+
+
+@dataclass(frozen=True)
+class TaskShown:
+    """What an annotator is shown of a task (read without model instances: the next-task request's hot path)."""
+
+    id: int
+    batch_id: int
+    status: str
+    turn_index: int
+    shown_order: str
+    note: str
+    error: str
+    response_a: tuple[int, str] | None  # (id, text) of slot A
+    response_b: tuple[int, str] | None
+    turns: list[dict]  # {"index", "role", "content"} before the compared turn
+
+    @property
+    def has_pair(self) -> bool:
+        return self.status in (ComparisonTask.Status.READY, ComparisonTask.Status.COMPLETE)
+
+    def responses_in_shown_order(self) -> list[tuple[str, tuple[int, str]]]:
+        """(slot, (id, text)), left first, as ``ComparisonTask.responses_in_shown_order``."""
+        pairs = [("A", self.response_a), ("B", self.response_b)]
+        return pairs if self.shown_order == ComparisonTask.Order.A_LEFT else pairs[::-1]
+
+
+def task_shown(task_id: int) -> TaskShown:
+    """The task as shown; the caller has checked access (a lease it just took, say)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_TASK_SHOWN_SQL, {"task": task_id})
+        row = cursor.fetchone()
+    if row is None:
+        raise Http404("No such task.")
+    turns = row[11] if isinstance(row[11], list) else json.loads(row[11])
+    return TaskShown(*row[:7], response_a=(row[7], row[8]) if row[7] is not None else None,
+                     response_b=(row[9], row[10]) if row[9] is not None else None, turns=turns)
 
 
 def get_comparison_for_annotator(user: AbstractBaseUser, comparison_id: int) -> Comparison:

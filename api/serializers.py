@@ -75,6 +75,19 @@ class TaskSerializer(serializers.ModelSerializer):
         return serializers.DateTimeField().to_representation(lease.expires_at) if lease else None
 
 
+def task_data(shown, lease) -> dict:
+    """``TaskSerializer(task, context={"lease": lease}).data`` from a ``selectors.TaskShown`` (one plain query, no
+    model instances): what the next-task request returns. The tests hold the two equal."""
+    responses = []
+    if shown.has_pair:
+        responses = [{"letter": letter, "slot": slot, "id": response[0], "text": response[1]}
+                     for letter, (slot, response) in zip("AB", shown.responses_in_shown_order(), strict=True)]
+    return {"id": shown.id, "batch": shown.batch_id, "status": shown.status, "turn_index": shown.turn_index,
+            "dialogue": shown.turns, "shown_order": shown.shown_order, "responses": responses, "note": shown.note,
+            "error": shown.error,
+            "lease_expires_at": serializers.DateTimeField().to_representation(lease.expires_at) if lease else None}
+
+
 class ComparisonInputSerializer(serializers.Serializer):
     """A label in the letters shown: ``chosen`` A is the left response (``responses[0]`` of the task), B the
     right; ``response_a_safe`` / ``response_b_safe`` are about the responses shown as A and B."""

@@ -3,7 +3,8 @@ skip, sometimes walk away), whose choices come from a gold preference function (
 Bradley-Terry noise. ``python manage.py simulate_annotators`` makes the accounts and runs them; the load
 benchmark and the fault tests run them against a live server and compare the database with their logs.
 
-Profiles, so that the quality checks have something to catch:
+Profiles (``models_core.raters``, shared with the closed-loop demo), so that the quality checks have something
+to catch:
 
 ==========  =====================================================================================
 careful     noise 0.15 (Bradley-Terry temperature on the gold gap), full think time
@@ -34,53 +35,15 @@ from typing import Any
 import numpy as np
 import requests
 
-from models_core.gold import STRENGTHS, Gold, preference_probability, strength_of
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    noise: float = 0.15
-    left_bias: float = 0.0  # share of tasks on which the left response is chosen whatever the gold says
-    random_choice: bool = False
-    think_factor: float = 1.0
-    skip_rate: float = 0.02
-    abandon_rate: float = 0.005
-
-
-PROFILES = {
-    "careful": Profile("careful"),
-    "noisy": Profile("noisy", noise=0.8),
-    "careless": Profile("careless", random_choice=True, think_factor=0.1),
-    "left": Profile("left", left_bias=0.85),
-}
-DEFAULT_MIX = {"careful": 0.6, "noisy": 0.2, "careless": 0.1, "left": 0.1}
-
-
-def parse_mix(text: str) -> dict[str, float]:
-    """``careful=0.6,noisy=0.2,...`` -> shares by profile (normalised)."""
-    mix: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, share = part.partition("=")
-        if name not in PROFILES:
-            raise ValueError(f"Unknown profile {name!r}; choose from: {', '.join(PROFILES)}.")
-        try:
-            mix[name] = float(share)
-        except ValueError:
-            raise ValueError(f"Profile share {part!r} is not name=number.") from None
-    total = sum(mix.values())
-    if total <= 0:
-        raise ValueError("The profile shares must add up to more than 0.")
-    return {name: share / total for name, share in mix.items()}
-
-
-def assign_profiles(n: int, mix: dict[str, float]) -> list[Profile]:
-    """``n`` profiles in the given shares (largest remainders; deterministic)."""
-    exact = {name: share * n for name, share in mix.items()}
-    counts = {name: int(v) for name, v in exact.items()}
-    for name in sorted(exact, key=lambda k: exact[k] - counts[k], reverse=True)[: n - sum(counts.values())]:
-        counts[name] += 1
-    return [PROFILES[name] for name, k in counts.items() for _ in range(k)]
+from models_core.gold import Gold
+from models_core.raters import (  # noqa: F401 - the profiles are part of this module's API
+    DEFAULT_MIX,
+    PROFILES,
+    Profile,
+    assign_profiles,
+    label_pair,
+    parse_mix,
+)
 
 
 def prompt_of(task: dict) -> str:
@@ -90,24 +53,8 @@ def prompt_of(task: dict) -> str:
 
 def decide(task: dict, gold: Gold, profile: Profile, rng: random.Random, *, safety: bool) -> dict[str, Any]:
     """The label this annotator gives the task, in the letters shown (A = ``responses[0]``, the left one)."""
-    prompt = prompt_of(task)
     left, right = task["responses"][0]["text"], task["responses"][1]["text"]
-    gap = gold.score(prompt, left) - gold.score(prompt, right)
-    if profile.random_choice:
-        chosen = rng.choice("AB")
-        strength = rng.choice(STRENGTHS)
-    elif rng.random() < profile.left_bias:
-        chosen, strength = "A", strength_of(gap)
-    else:
-        chosen = "A" if rng.random() < preference_probability(gap, 0.0, profile.noise) else "B"
-        strength = strength_of(gap + rng.gauss(0.0, profile.noise / 2))
-    label: dict[str, Any] = {"chosen": chosen, "strength": strength}
-    if safety:
-        if profile.random_choice:
-            label["response_a_safe"], label["response_b_safe"] = rng.random() < 0.5, rng.random() < 0.5
-        else:
-            label["response_a_safe"], label["response_b_safe"] = gold.safe(prompt, left), gold.safe(prompt, right)
-    return label
+    return label_pair(prompt_of(task), left, right, gold, profile, rng, safety=safety)
 
 
 @dataclass
@@ -172,6 +119,8 @@ class SimulatedAnnotator(threading.Thread):
 
     # -- the annotator's loop ---------------------------------------------------------------------------------
     def run(self) -> None:
+        if self.think > 0:  # people arrive over a think time, not all in the same millisecond
+            self._pause(self.rng.uniform(0, self.think))
         while time.monotonic() < self.deadline and self.batches:
             batch = self.rng.choice(sorted(self.batches))
             response = self._request("next", "POST", f"/api/v1/batches/{batch}/next-task/")

@@ -31,35 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
 
-TARGET = 1.5
+from _seed import SEED_TASKS_SQL as _SEED_SQL  # noqa: E402  (bench/ is the script's folder)
 
-_SEED_SQL = """
-WITH d AS (
-    INSERT INTO annotation_dialogue (batch_id, source, is_safety, risk_category, attack_vector, created_at)
-    SELECT %(batch)s, 'bench', false, '', '', now() FROM generate_series(1, %(n)s)
-    RETURNING id
-),
-turns AS (
-    INSERT INTO annotation_turn (dialogue_id, index, role, content)
-    SELECT d.id, 0, 'user', 'Question ' || d.id || ': how do I keep a sourdough starter alive?' FROM d
-),
-ra AS (
-    INSERT INTO annotation_response (dialogue_id, turn_index, slot, text, generator, created_at)
-    SELECT d.id, 1, 'A', 'Feed it flour and water every day, answer A to ' || d.id, 'bench', now() FROM d
-    RETURNING id, dialogue_id
-),
-rb AS (
-    INSERT INTO annotation_response (dialogue_id, turn_index, slot, text, generator, created_at)
-    SELECT d.id, 1, 'B', 'Keep it in the fridge and feed it weekly, answer B to ' || d.id, 'bench', now() FROM d
-    RETURNING id, dialogue_id
-)
-INSERT INTO annotation_comparisontask (batch_id, dialogue_id, turn_index, response_a_id, response_b_id,
-                                       shown_order, status, error, note, generation_attempts, created_at)
-SELECT %(batch)s, ra.dialogue_id, 1, ra.id, rb.id, CASE WHEN mod(ra.dialogue_id, 2) = 0 THEN 'AB' ELSE 'BA' END,
-       'ready', '', '', 0, now()
-FROM ra JOIN rb USING (dialogue_id)
-ORDER BY ra.dialogue_id
-"""
+TARGET = 1.5
 
 # The first ``labelled`` tasks of the batch get one label each (overlap 1), and leave the queue.
 _LABEL_SQL = """

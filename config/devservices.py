@@ -11,7 +11,10 @@ When ``DATABASE_URL`` and ``REDIS_URL`` are set, those servers are used as they 
 * ``psql`` opens ``psql`` on the private database of ``make run``.
 * ``test`` starts throwaway servers in a temporary folder, runs ruff, import-linter and pytest, and
   removes them afterwards.
-* ``bench`` does the same around the benchmarks in bench/ (all of them, or ``--only sampling``).
+* ``bench`` does the same around the benchmarks in bench/ (all of them, or ``--only sampling``), at the quick
+  sizes of ``QUICK_ARGS`` (``--full``: their own defaults), and writes a markdown report to ``.local/bench/``.
+* ``demo-loop`` does the same around the closed-loop demo (``manage.py demo_loop``: rounds V1 to V3 with simulated
+  annotators, and its report).
 
 ``LADDER_LOCAL_DIR`` moves ``.local/``. This is a CLI used by the Makefile; it imports no Django.
 """
@@ -327,17 +330,66 @@ def bench_scripts(only: list[str] | None = None) -> list[Path]:
     return [by_name[name.removesuffix(".py")] for name in only]
 
 
-def bench(args: list[str], only: list[str] | None = None) -> int:
+# What `make bench` passes each benchmark: sizes that finish in about 15 minutes together on a 2-core machine
+# (`make bench BENCH_ARGS=--full` runs every one at its own full defaults; other BENCH_ARGS go to each as given).
+QUICK_ARGS = {
+    "annotate_load": ["--seconds", "20", "--human-seconds", "40"],
+    "assignment": ["--claims", "30", "--rounds", "2"],
+    "export": ["--rows", "20000", "--repeats", "2"],
+    "prompt_latency": ["--prompts", "3"],
+    "quality_pages": ["--batches", "3", "--per-batch", "20000", "--repeat", "3"],
+    "reward": ["--quick"],
+    "sampling": ["--repeats", "2"],
+}
+
+
+def _run_captured(command: list[str]) -> tuple[int, list[str]]:
+    """Run a benchmark, echoing its stdout line by line (stderr, with its progress bars, goes straight to the
+    terminal); returns its exit status and the lines."""
+    lines = []
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line)
+    return proc.returncode, lines
+
+
+def bench(args: list[str], only: list[str] | None = None, *, report: str | None = None) -> int:
     """Run every benchmark in bench/, or only the named ones (each prints its ratio against a baseline
-    measured in the same run)."""
+    measured in the same run), and write the markdown report (machine, settings, results, outputs)."""
+    import datetime as dt
+
+    from config.bench_report import BenchResult, render
+
     scripts = bench_scripts(only)
+    full = "--full" in args
+    args = [a for a in args if a != "--full"]
+    sizes = ("the arguments given" if args else "full sizes (each benchmark's defaults)" if full
+             else "the quick sizes of config/devservices.py QUICK_ARGS (BENCH_ARGS=--full for the full ones)")
+    started = dt.datetime.now(dt.UTC)
+    out = Path(report) if report else local_dir() / "bench" / f"report-{started:%Y%m%d-%H%M%S}.md"
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
+    results = []
     with throwaway_services("ladder-bench-"):
-        code = 0
         for script in scripts:
-            print(f"$ python bench/{script.name} {' '.join(args)}", flush=True)
-            code = subprocess.run([PY, str(script), *args], cwd=ROOT).returncode or code
-        return code
+            argv = args or ([] if full else QUICK_ARGS.get(script.stem, []))
+            print(f"$ python bench/{script.name} {' '.join(argv)}", flush=True)
+            began = time.monotonic()
+            code, lines = _run_captured([PY, str(script), *argv])
+            results.append(BenchResult(script.stem, argv, code, time.monotonic() - began, lines))
+            out.parent.mkdir(parents=True, exist_ok=True)  # written after each, so a stopped run keeps the rest
+            out.write_text(render(results, command="make bench " + " ".join(sys.argv[2:]), started=started,
+                                  sizes=sizes))
+    print(f"\nReport: {out}")
+    return next((r.returncode for r in results if r.returncode), 0)
+
+
+def demo_loop(args: list[str]) -> int:
+    """The closed-loop demo (rlhf/demo_loop.py) against throwaway servers: an empty database, migrated, then
+    ``manage.py demo_loop`` with the given options (``--help`` lists them); the report stays in its folder."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+    with throwaway_services("ladder-demo-loop-"):
+        return subprocess.run([PY, "manage.py", "demo_loop", "--migrate", *args], cwd=ROOT).returncode
 
 
 def take_ctrl_c() -> None:
@@ -360,13 +412,19 @@ def main() -> int:
                                   help="every benchmark in bench/ (or --only NAME); other arguments go to each")
     bench_parser.add_argument("--only", action="append", metavar="NAME",
                               help="run only bench/NAME.py (repeatable); the default runs them all")
+    bench_parser.add_argument("--report", metavar="FILE",
+                              help="the markdown report (default .local/bench/report-<time>.md)")
+    sub.add_parser("demo-loop", add_help=False,
+                   help="the closed RLHF loop V0 -> V3 on an empty database; other arguments go to manage.py demo_loop")
     args, rest = parser.parse_known_args()
+    if args.command == "demo-loop":
+        return demo_loop(rest)
     if args.command == "run":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return run(args.port)
     if args.command == "bench":
-        return bench(rest, args.only)
+        return bench(rest, args.only, report=args.report)
     if args.command == "stop":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

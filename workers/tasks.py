@@ -28,6 +28,10 @@ def generate_task_responses(task_id: int) -> list[int]:
 @shared_task(acks_late=True, reject_on_worker_lost=True, autoretry_for=TRANSIENT, retry_backoff=True,
              max_retries=3)
 def expire_leases() -> int:
+    """Lapsed leases marked expired (returns how many), and expired API tokens deleted (see ``api.auth``)."""
+    from api.auth import delete_expired_tokens
+
+    delete_expired_tokens()
     return services.expire_leases()
 
 

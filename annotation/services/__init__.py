@@ -25,7 +25,7 @@ from annotation.services.dialogues import continue_dialogue, retry_generation, s
 from annotation.services.enqueue import GENERATE_TASK, enqueue_generation
 from annotation.services.flags import evaluate_annotator, is_paused, lift_flag
 from annotation.services.gold import build_gold_items, mark_gold, serve_gold
-from annotation.services.labels import LabelInput, SubmitResult, revise_comparison, submit_comparison
+from annotation.services.labels import LabelInput, ShownLabel, SubmitResult, revise_comparison, submit_comparison
 from annotation.services.pool import (
     PairInput,
     add_prompts,
@@ -45,6 +45,7 @@ __all__ = [
     "build_gold_items",
     "GENERATE_TASK",
     "LabelInput",
+    "ShownLabel",
     "LeaseExpired",
     "PairInput",
     "SubmitResult",

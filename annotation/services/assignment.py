@@ -126,7 +126,7 @@ def claim_next_task(user: AbstractBaseUser, batch_id: int, *, wait_seconds: floa
         with transaction.atomic():
             _expire_own_leases(user, now)
             resumed = (
-                Assignment.objects.select_related("task")
+                Assignment.objects
                 .filter(annotator=user, batch=batch, from_queue=True, status=Assignment.Status.ACTIVE,
                         expires_at__gt=now)
                 .first()

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from annotation import selectors
@@ -49,6 +50,22 @@ class LabelInput:
                    response_b_safe=by_slot["B"], note=note)
 
 
+@dataclass(frozen=True)
+class ShownLabel:
+    """A label in the letters shown (A the left response, B the right), turned into slots by
+    ``submit_comparison`` once it holds the task: the caller need not read the task first."""
+
+    chosen: str | None
+    strength: str | None
+    a_safe: bool | None = None
+    b_safe: bool | None = None
+    note: str = ""
+
+    def for_task(self, task: ComparisonTask) -> LabelInput:
+        return LabelInput.as_shown(task, chosen=self.chosen, strength=self.strength, a_safe=self.a_safe,
+                                   b_safe=self.b_safe, note=self.note)
+
+
 def _validate_label(batch: AnnotationBatch, label: LabelInput) -> str:
     """Check a label against the batch's rules; return its safety category ('' off safety batches)."""
     errors: dict[str, str] = {}
@@ -82,16 +99,24 @@ class SubmitResult:
 
 
 def submit_comparison(
-    user: AbstractBaseUser, task_id: int, label: LabelInput, *, idempotency_key: uuid.UUID | None = None
+    user: AbstractBaseUser, task_id: int, label: LabelInput | ShownLabel, *, idempotency_key: uuid.UUID | None = None
 ) -> SubmitResult:
-    """Record the annotator's label. Replays (double clicks, retried requests) return the first label."""
+    """Record the annotator's label (by slot, or as shown). Replays (double clicks, retried requests) return the
+    first label."""
     with transaction.atomic():
         # The task row lock serialises two submits of the same task by the same person.
-        task = selectors.get_task_for_annotator(user, task_id, for_update=True)
-        existing = Comparison.objects.filter(task=task, annotator=user).first()
+        # The batch's rules are all a submit reads besides the task (not the dialogue nor the responses' text).
+        task = selectors.get_task_for_annotator(user, task_id, for_update=True, related=("batch",))
+        if isinstance(label, ShownLabel):
+            label = label.for_task(task)
+        # One read for both: this person's label of the task (a replay) and the key's label, if any.
+        mine = Q(task=task, annotator=user)
+        found = list(Comparison.objects.filter(mine | Q(idempotency_key=idempotency_key)
+                                               if idempotency_key is not None else mine)[:2])
+        existing = next((c for c in found if c.task_id == task.pk and c.annotator_id == user.pk), None)
         if existing is not None:
             return SubmitResult(existing, created=False)
-        if idempotency_key is not None and Comparison.objects.filter(idempotency_key=idempotency_key).exists():
+        if found:
             # The key names another submission (another task, or someone else's): not a replay of this one.
             raise ValidationError({"idempotency_key": "This idempotency key was already used for another submission."})
         if task.batch.status == AnnotationBatch.Status.CLOSED:

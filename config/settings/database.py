@@ -20,6 +20,15 @@ DATABASES = {
         _database_url, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0), conn_health_checks=True
     )
 }
+# Prepared statements: psycopg sends the parameters apart from the SQL (server-side binding) and prepares a
+# statement once a connection has run it DATABASE_PREPARE_THRESHOLD times (5), so PostgreSQL stops parsing and
+# planning it again: the annotation API runs the same dozen queries on every request, and planning them (2 ms
+# for the claim's candidate query) was most of PostgreSQL's time per request. DATABASE_PREPARE_THRESHOLD=0 turns
+# it off (a transaction-pooling PgBouncer older than 1.21 needs that).
+_prepare_threshold = env_int("DATABASE_PREPARE_THRESHOLD", 5, minimum=0)
+if _prepare_threshold:
+    DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True,
+                                                          prepare_threshold=_prepare_threshold)
 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured(
         f"DATABASE_URL must point to PostgreSQL (postgres://...); got engine {DATABASES['default']['ENGINE']}."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -36,15 +37,23 @@ class Command(BaseCommand):
                             help="a batch to work on (repeat; default: every open batch)")
         parser.add_argument("--profiles", default=",".join(f"{k}={v}" for k, v in simulation.DEFAULT_MIX.items()),
                             help="profile shares (default %(default)s)")
+        parser.add_argument("--skip-rate", type=float, help="share of tasks skipped, for every profile "
+                            "(default: the profile's, 0.02)")
+        parser.add_argument("--abandon-rate", type=float, help="share of tasks walked away from (the annotator then "
+                            "stops; its lease lapses), for every profile (default: the profile's, 0.005)")
         parser.add_argument("--prefix", default="sim", help="account names are PREFIX-PROFILE-N (default sim)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--log", help="write the clients' log here (JSON lines)")
         parser.add_argument("--json", dest="json_out", help="write the summary here as JSON")
 
     def handle(self, *args, annotators, duration, base_url, gold, pace, think, batches, profiles, prefix, seed,
-               log, json_out, **options):
+               log, json_out, skip_rate, abandon_rate, **options):
         if annotators < 1 or duration <= 0:
             raise CommandError("--annotators must be at least 1 and --duration above 0.")
+        rates = {name: value for name, value in (("skip_rate", skip_rate), ("abandon_rate", abandon_rate))
+                 if value is not None}
+        if any(not 0 <= value <= 1 for value in rates.values()) or sum(rates.values()) > 1:
+            raise CommandError("--skip-rate and --abandon-rate are shares: each within 0 to 1, together at most 1.")
         try:
             mix = simulation.parse_mix(profiles)
         except ValueError as exc:
@@ -59,7 +68,7 @@ class Command(BaseCommand):
         found = list(found)
         if not found:
             raise CommandError("No open batch to annotate: create one, or name one with --batch.")
-        profiled = simulation.assign_profiles(annotators, mix)
+        profiled = [dataclasses.replace(p, **rates) for p in simulation.assign_profiles(annotators, mix)]
         names = [f"{prefix}-{p.name}-{i + 1:03d}" for i, p in enumerate(profiled)]
         people = services.ensure_simulated_annotators(names, found)
         issued = [tokens.create_token(person) for person in people]

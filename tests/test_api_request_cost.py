@@ -1,0 +1,92 @@
+"""What one annotation request costs the database (the load benchmark's findings, kept): the token is checked in
+one query, the task is read once per request, and the next-task and submit requests stay within their query
+budgets; an expired token is refused and deleted, and the sweep removes the ones nobody presents."""
+
+import json
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from knox.models import AuthToken
+from rest_framework.test import APIClient
+
+from api.auth import delete_expired_tokens
+from api.tokens import create_token
+from tests.factories import BatchFactory, UserFactory, make_pairs
+
+pytestmark = pytest.mark.django_db
+
+# Counted with BEGIN, SAVEPOINT, RELEASE and COMMIT (and the access check, one plain statement); before the
+# load benchmark they were 16 and 15, with the token read twice and the task three times a cycle.
+NEXT_TASK_BUDGET = 14
+SUBMIT_BUDGET = 13
+
+
+def _client(user):
+    _, token = create_token(user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    return client
+
+
+def _statements(captured, needle: str) -> list[str]:
+    return [q["sql"] for q in captured.captured_queries if needle in q["sql"]]
+
+
+def test_a_cycle_stays_within_its_query_budget_reading_the_token_and_the_task_once_per_request():
+    alice = UserFactory()
+    create_token(alice)  # other tokens of the caller are not read on every request
+    batch = BatchFactory(annotators=[alice])
+    make_pairs(batch, 2)
+    client = _client(alice)
+    with CaptureQueriesContext(connection) as next_queries:
+        task = client.post(f"/api/v1/batches/{batch.pk}/next-task/").json()
+    body = {"chosen": "A", "strength": "better", "idempotency_key": str(uuid.uuid4())}
+    with CaptureQueriesContext(connection) as submit_queries:
+        response = client.post(f"/api/v1/tasks/{task['id']}/comparison/", data=json.dumps(body),
+                               content_type="application/json")
+    assert response.status_code == 201
+    for captured, budget in ((next_queries, NEXT_TASK_BUDGET), (submit_queries, SUBMIT_BUDGET)):
+        assert len(captured.captured_queries) <= budget, "\n".join(q["sql"][:120] for q in captured)
+        assert len(_statements(captured, '"knox_authtoken"')) == 1
+    # the pair shown is read once (one plain statement with its turns); the submit reads the task once, locked
+    assert len(_statements(next_queries, "annotation_response")) == 1
+    assert len(_statements(next_queries, "annotation_turn")) == 1
+    assert len(_statements(submit_queries, 'FROM "annotation_comparisontask"')) == 1
+
+
+def test_an_expired_token_is_refused_and_deleted_and_the_sweep_removes_the_others():
+    alice, bob = UserFactory(), UserFactory()
+    client = _client(alice)
+    _client(bob)
+    AuthToken.objects.update(expiry=timezone.now() - timedelta(seconds=1))
+    assert client.get("/api/v1/batches/").status_code == 401
+    assert not AuthToken.objects.filter(user=alice).exists()
+    assert AuthToken.objects.filter(user=bob).exists()  # not presented: left to the sweep
+    live = _client(bob)
+    assert delete_expired_tokens() == 1
+    assert live.get("/api/v1/batches/").status_code == 200
+    assert AuthToken.objects.filter(user=bob).count() == 1
+
+
+def test_the_next_task_payload_read_in_one_query_equals_the_task_serializer():
+    from annotation import selectors, services
+    from annotation.models import ComparisonTask
+    from api.serializers import TaskSerializer, task_data
+
+    alice = UserFactory()
+    batch = BatchFactory(annotators=[alice])
+    tasks = make_pairs(batch, 2, turns=[("user", "Hi <b>there</b>"), ("assistant", "Hello"), ("user", "Joke?")])
+    tasks += make_pairs(batch, 1)
+    ComparisonTask.objects.filter(pk=tasks[1].pk).update(shown_order="BA")
+    pending = make_pairs(batch, 1)[0]
+    ComparisonTask.objects.filter(pk=pending.pk).update(status=ComparisonTask.Status.GENERATING, note="sampling")
+    for task in [*tasks, pending]:
+        lease = services.claim_next_task(alice, batch.pk, wait_seconds=0) if task is tasks[0] else None
+        model = ComparisonTask.objects.select_related(*selectors.TASK_SHOWN).get(pk=task.pk)
+        expected = TaskSerializer(model, context={"lease": lease}).data
+        assert task_data(selectors.task_shown(task.pk), lease) == expected
+    assert task_data(selectors.task_shown(tasks[0].pk), None)["dialogue"][0]["content"] == "Hi <b>there</b>"
