@@ -242,11 +242,12 @@ def main() -> int:
               f"{args.repeats} repeats and median of the per-repeat ratios; bare model.generate vs the whole worker "
               f"path; {torch.get_num_threads()} CPU threads")
         print(f"  {'model':<11} {'parameters':>11} {'batch':>5} {'new':>4} {'bare tok/s':>11} {'worker tok/s':>13}"
-              f" {'ratio':>6}")
+              f" {'worker/bare':>11}")
         for r in results:
             print(f"  {r['label']:<11} {r['parameters'] / 1e6:>10.1f}M {r['batch']:>5} {r['new_tokens']:>4} "
-                  f"{r['baseline']:>11.1f} {r['worker']:>13.1f} {r['ratio']:>6.2f}")
-        print("ratio worker/bare target >= 0.80 for each model")
+                  f"{r['baseline']:>11.1f} {r['worker']:>13.1f} {r['ratio']:>11.2f}")
+        print("ratio worker/bare: " + ", ".join(f"{r['label']} {r['ratio']:.2f}" for r in results)
+              + " (target >= 0.80 for each model)")
         if args.result_line:
             for r in results:
                 print(f"RESULT model={r['label']} baseline_tok_s={r['baseline']:.2f} worker_tok_s={r['worker']:.2f} "

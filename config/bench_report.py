@@ -13,8 +13,10 @@ from pathlib import Path
 
 from config.localenv import ROOT
 
-# The lines a benchmark prints about its result: ratios against its baseline and targets.
-RESULT_LINE = re.compile(r"ratio|target|x\)|speed-?up", re.IGNORECASE)
+# The lines a benchmark prints about its result: its ratios against the baseline and its targets (the word, with
+# a number on the line: not a setting such as warmup_ratio, nor a table's header).
+RESULT_LINE = re.compile(r"^(?=.*\b(ratio|target)\b)(?=.*\d)", re.IGNORECASE)
+STDERR_KEPT = 40
 # Environment variables that change what a benchmark measures (never the URLs: they may hold passwords).
 SETTING_PREFIXES = ("LADDER_", "WEB_", "OMP_", "MKL_", "TORCH_", "CUDA_VISIBLE", "DATABASE_PREPARE",
                     "DATABASE_CONN_MAX_AGE")
@@ -27,6 +29,7 @@ class BenchResult:
     returncode: int
     seconds: float
     output: list[str] = field(default_factory=list)
+    stderr_tail: list[str] = field(default_factory=list)  # the last lines of its stderr: why it failed
 
     def result_lines(self) -> list[str]:
         return [line.strip() for line in self.output if RESULT_LINE.search(line)]
@@ -120,6 +123,9 @@ def render(results: list[BenchResult], *, command: str, started: dt.datetime, si
     for r in results:
         lines += ["", f"## {r.name}", "", f"`python bench/{r.name}.py {' '.join(r.argv)}`, {r.seconds:.0f} s, "
                   f"exit {r.returncode}", "", "```", *(line.rstrip() for line in r.output), "```"]
+        if r.returncode and r.stderr_tail:
+            lines += ["", f"The last {len(r.stderr_tail)} lines of its stderr:", "", "```",
+                      *(line.rstrip() for line in r.stderr_tail), "```"]
     return "\n".join(lines) + "\n"
 
 

@@ -343,15 +343,29 @@ QUICK_ARGS = {
 }
 
 
-def _run_captured(command: list[str]) -> tuple[int, list[str]]:
-    """Run a benchmark, echoing its stdout line by line (stderr, with its progress bars, goes straight to the
-    terminal); returns its exit status and the lines."""
-    lines = []
-    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+def _run_captured(command: list[str], stderr_kept: int) -> tuple[int, list[str], list[str]]:
+    """Run a benchmark, echoing its stdout and stderr (progress bars and all) as they come; returns its exit
+    status, its stdout lines and the last ``stderr_kept`` lines of its stderr."""
+    import collections
+    import threading
+
+    lines, tail = [], collections.deque(maxlen=stderr_kept)
+
+    def echo_stderr(stream) -> None:
+        for line in stream:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            tail.append(line)
+
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          bufsize=1) as proc:
+        reader = threading.Thread(target=echo_stderr, args=(proc.stderr,), daemon=True)
+        reader.start()
         for line in proc.stdout:
             print(line, end="", flush=True)
             lines.append(line)
-    return proc.returncode, lines
+        reader.join()
+    return proc.returncode, lines, list(tail)
 
 
 def bench(args: list[str], only: list[str] | None = None, *, report: str | None = None) -> int:
@@ -359,7 +373,7 @@ def bench(args: list[str], only: list[str] | None = None, *, report: str | None 
     measured in the same run), and write the markdown report (machine, settings, results, outputs)."""
     import datetime as dt
 
-    from config.bench_report import BenchResult, render
+    from config.bench_report import STDERR_KEPT, BenchResult, render
 
     scripts = bench_scripts(only)
     full = "--full" in args
@@ -375,8 +389,8 @@ def bench(args: list[str], only: list[str] | None = None, *, report: str | None 
             argv = args or ([] if full else QUICK_ARGS.get(script.stem, []))
             print(f"$ python bench/{script.name} {' '.join(argv)}", flush=True)
             began = time.monotonic()
-            code, lines = _run_captured([PY, str(script), *argv])
-            results.append(BenchResult(script.stem, argv, code, time.monotonic() - began, lines))
+            code, lines, tail = _run_captured([PY, str(script), *argv], STDERR_KEPT)
+            results.append(BenchResult(script.stem, argv, code, time.monotonic() - began, lines, tail))
             out.parent.mkdir(parents=True, exist_ok=True)  # written after each, so a stopped run keeps the rest
             out.write_text(render(results, command="make bench " + " ".join(sys.argv[2:]), started=started,
                                   sizes=sizes))

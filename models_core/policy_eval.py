@@ -66,12 +66,13 @@ def win_rate(new: Sequence[float], old: Sequence[float], *, resamples: int = 200
 
 def compare_policies(new_path, old_path, prompts: Sequence[PolicyPrompt], scorer: CombinedRewardScorer,
                      sampling: EvalSampling = EvalSampling(), *, device: str = "auto",
-                     old_answers: Sequence[str] | None = None) -> dict:
+                     old_answers: Sequence[str] | None = None, new_answers: Sequence[str] | None = None) -> dict:
     """Win rates of the policy at ``new_path`` over the one at ``old_path`` on ``prompts``, by the helpfulness and
-    the safety reward model (Fig. 11's two axes) and by the combined reward; with example answers."""
+    the safety reward model (Fig. 11's two axes) and by the combined reward; with example answers. Answers
+    already sampled (``new_answers``, ``old_answers``) are scored as they are."""
     if not prompts:
         raise ValueError("No held-out prompts to compare the policies on")
-    new_texts = answers(new_path, prompts, sampling, device=device)
+    new_texts = list(new_answers) if new_answers is not None else answers(new_path, prompts, sampling, device=device)
     old_texts = list(old_answers) if old_answers is not None else answers(old_path, prompts, sampling, device=device)
     dialogues = [p.messages for p in prompts]
     new_h, new_s = scorer.raw_scores(dialogues, new_texts)

@@ -20,6 +20,9 @@ def _help(text: str) -> dict[str, str]:
 class RoundConfig:
     reward_preset: str = field(default="paper", metadata=_help("RewardConfig preset of both reward models."))
     reward: dict = field(default_factory=dict, metadata=_help("RewardConfig fields over the preset."))
+    reward_base: str = field(default="", metadata=_help(
+        "Model directory the reward models start from; empty: the round's starting policy, as in Llama 2 §3.2.2 "
+        "(\"initialized from pretrained chat model checkpoints\"). A small encoder here keeps a CPU loop short."))
     retrain_reward_models: bool = field(default=True, metadata=_help(
         "Train new reward models on the latest comparisons (Llama 2 §3.2.3: each round's RMs see the new batch); "
         "off: use the registered current ones."))
@@ -28,6 +31,9 @@ class RoundConfig:
         "§3.2.3)."))
     heldout_prompts: int = field(default=128, metadata=_help(
         "Held-out prompts (the comparisons' test split) for PPO's early stopping and the win rates."))
+    eval_prompts: list = field(default_factory=list, metadata=_help(
+        "Fixed held-out prompts ({\"messages\": [...], \"is_safety\": bool} each) for the win rates and PPO's "
+        "early stopping, the same in every round; empty: drawn from the comparisons' test split."))
     rejection_sampling: dict = field(default_factory=dict, metadata=_help(
         "models_core.rejection_sampling.RejectionSamplingConfig fields."))
     sft_preset: str = field(default="paper", metadata=_help("SFTConfig preset for fine-tuning on the kept samples."))

@@ -297,6 +297,14 @@ def round_prompts(split: str, limit: int, seed: int):
     return [found[k] for k in keys[:limit]]
 
 
+def fixed_prompts(rows: list[dict]):
+    """``RoundConfig.eval_prompts`` as PolicyPrompts, keyed like the comparisons' prompts."""
+    from models_core.rejection_sampling import PolicyPrompt
+
+    return [PolicyPrompt(messages=row["messages"], is_safety=bool(row.get("is_safety")),
+                         key=prompt_key(row["messages"])) for row in rows]
+
+
 def _prompt_files(round_: RLHFRound, config: RoundConfig) -> tuple[list, list]:
     """The round's train and held-out prompts, written once into its collecting folder (a resumed round uses the
     same ones even if comparisons arrived since)."""
@@ -308,7 +316,8 @@ def _prompt_files(round_: RLHFRound, config: RoundConfig) -> tuple[list, list]:
     for split, limit in (("train", config.max_prompts), ("test", config.heldout_prompts)):
         path = folder / f"prompts-{split}.json"
         if not path.exists():
-            prompts = round_prompts(split, limit, config.seed)
+            prompts = (fixed_prompts(config.eval_prompts[:limit]) if split == "test" and config.eval_prompts
+                       else round_prompts(split, limit, config.seed))
             staging = path.with_suffix(".partial")
             staging.write_text(json.dumps([{"messages": p.messages, "is_safety": p.is_safety, "key": p.key}
                                            for p in prompts]))
@@ -348,8 +357,8 @@ def _reward_run(round_: RLHFRound, kind: str, config: RoundConfig, progress) -> 
         preset = reward_runs.PRESET_OF_KIND[kind]
         if exports.count_rows(exports.ExportOptions(preset=preset, split="train")) == 0:
             return None
-        run = reward_runs.create_run(kind=kind, base_checkpoint=round_.start_policy, config=config.reward_config(),
-                                     enqueue=False)
+        base = {"base_path": config.reward_base} if config.reward_base else {"base_checkpoint": round_.start_policy}
+        run = reward_runs.create_run(kind=kind, config=config.reward_config(), enqueue=False, **base)
         RLHFRound.objects.filter(pk=round_.pk, **{f"{field}__isnull": True}).update(**{field: run})
         round_.refresh_from_db()
         run = getattr(round_, field)
@@ -607,21 +616,50 @@ def step_policy_eval(round_: RLHFRound, progress) -> None:
     sampling = EvalSampling(temperature=config.eval_temperature, top_p=config.eval_top_p,
                             max_new_tokens=config.eval_max_new_tokens, seed=config.seed)
     progress({"phase": "win rate vs the previous policy", "force": True})
-    report = {"vs_previous": compare_policies(round_.new_policy.path, round_.start_policy.path, heldout, scorer,
-                                              sampling, device=config.device),
-              "previous": round_.start_policy.name}
+    new_answers = policy_answers(round_.new_policy, heldout, sampling, device=config.device)
+    report = {"vs_previous": compare_policies(
+        round_.new_policy.path, round_.start_policy.path, heldout, scorer, sampling, device=config.device,
+        new_answers=new_answers,
+        old_answers=policy_answers(round_.start_policy, heldout, sampling, device=config.device)),
+        "previous": round_.start_policy.name}
     report["vs_previous"].pop("new_answers")
     first = _root(round_.start_policy)
     if first.pk != round_.start_policy_id and first.path:
         progress({"phase": "win rate vs the first policy", "force": True})
-        report["vs_first"] = compare_policies(round_.new_policy.path, first.path, heldout, scorer, sampling,
-                                              device=config.device)
+        report["vs_first"] = compare_policies(
+            round_.new_policy.path, first.path, heldout, scorer, sampling, device=config.device,
+            new_answers=new_answers, old_answers=policy_answers(first, heldout, sampling, device=config.device))
         report["vs_first"].pop("new_answers")
         report["first"] = first.name
     else:
         report["vs_first"], report["first"] = report["vs_previous"], first.name
     _save_metrics(round_.pk, Step.POLICY_EVAL, report)
     write_win_rate_plot()
+
+
+def answers_path(checkpoint: PolicyCheckpoint, prompts, sampling) -> Path:
+    """Where a policy's answers to these held-out prompts under these sampling settings are kept."""
+    digest = hashlib.sha256(json.dumps([[p.key for p in prompts], checkpoint.path, sampling.temperature,
+                                        sampling.top_p, sampling.max_new_tokens, sampling.seed]).encode())
+    return round_dir(1).parent / "answers" / f"{checkpoint.name}-{digest.hexdigest()[:16]}.json"
+
+
+def policy_answers(checkpoint: PolicyCheckpoint, prompts, sampling, *, device: str = "auto") -> list[str]:
+    """A policy's answers to the held-out prompts, sampled once and kept: prompt i is drawn with seed
+    ``sampling.seed + i`` whatever the batch, so the answers a round judged as the new policy's are the ones the
+    next round judges as its start policy's (and every later round as the first version's)."""
+    from models_core.policy_eval import answers
+
+    path = answers_path(checkpoint, prompts, sampling)
+    if path.exists():
+        return json.loads(path.read_text())["answers"]
+    texts = answers(checkpoint.path, prompts, sampling, device=device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".partial")
+    staging.write_text(json.dumps({"policy": checkpoint.name, "prompts": [p.key for p in prompts],
+                                   "answers": texts}))
+    staging.rename(path)
+    return texts
 
 
 def win_rate_plot_path() -> Path:
