@@ -3,15 +3,7 @@ skip, sometimes walk away), whose choices come from a gold preference function (
 Bradley-Terry noise. ``python manage.py simulate_annotators`` makes the accounts and runs them; the load
 benchmark and the fault tests run them against a live server and compare the database with their logs.
 
-Profiles (``models_core.raters``, shared with the closed-loop demo), so that the quality checks have something
-to catch:
-
-==========  =====================================================================================
-careful     noise 0.15 (Bradley-Terry temperature on the gold gap), full think time
-noisy       noise 0.8: often picks the worse response of a close pair
-careless    picks a side and a strength at random, and submits in a tenth of the think time
-left        picks the response shown on the left 85% of the time, else as a careful annotator
-==========  =====================================================================================
+Their profiles (careful, noisy, careless, left) are those of ``models_core.raters``, shared with the closed-loop demo.
 
 Every annotator skips ``skip_rate`` of its tasks (``POST /tasks/{id}/skip/``) and walks away from
 ``abandon_rate`` of them (its lease then lapses and the task goes back to the queue). A submit carries an

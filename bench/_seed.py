@@ -1,6 +1,8 @@
 """Seeding for the benchmarks: ``n`` ready comparison tasks (a dialogue, its user turn, two responses, the task)
 in one batch, with ``INSERT ... SELECT`` over ``generate_series`` (seconds for 100,000 tasks, where the ORM takes
-minutes). Used by ``assignment.py`` and ``annotate_load.py``."""
+minutes). Used by ``assignment.py`` and ``annotate_load.py``, each in a database of its own (``own_database``)."""
+
+import contextlib
 
 SEED_TASKS_SQL = """
 WITH d AS (
@@ -34,3 +36,22 @@ ORDER BY ra.dialogue_id
 def seed_ready_tasks(cursor, batch_id: int, n: int) -> None:
     """``n`` ready tasks in batch ``batch_id`` (half shown A left, half B left)."""
     cursor.execute(SEED_TASKS_SQL, {"batch": batch_id, "n": n})
+
+
+@contextlib.contextmanager
+def own_database():
+    """Django set up on a fresh ``test_<name>`` database of the configured server, dropped afterwards."""
+    import django
+
+    django.setup()
+    from django.db import connection
+    from django.test.utils import setup_test_environment
+
+    setup_test_environment()
+    old_name = connection.settings_dict["NAME"]
+    connection.creation.create_test_db(verbosity=0, autoclobber=True)
+    try:
+        yield connection
+    finally:
+        connection.close()
+        connection.creation.destroy_test_db(old_name, verbosity=0)

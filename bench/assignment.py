@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
 
-from _seed import SEED_TASKS_SQL as _SEED_SQL  # noqa: E402  (bench/ is the script's folder)
+from _seed import SEED_TASKS_SQL as _SEED_SQL  # noqa: E402
+from _seed import own_database  # noqa: E402  (bench/ is the script's folder)
 
 TARGET = 1.5
 
@@ -153,17 +154,8 @@ def explain(batch, user) -> str:
 
 def main() -> int:
     args = parse_args()
-    import django
-
-    django.setup()
-    from django.db import connection
-    from django.test.utils import setup_test_environment
-
-    setup_test_environment()
-    old_name = connection.settings_dict["NAME"]
-    connection.creation.create_test_db(verbosity=0, autoclobber=True)
     status = "ready" if args.keep_labelled_ready else "complete"
-    try:
+    with own_database():
         seeded = [seed(size, args.filled, status, args.claims) for size in args.sizes]
         batches, users = [b for b, _, _ in seeded], [u for _, u, _ in seeded]
         results = {}
@@ -183,9 +175,6 @@ def main() -> int:
         print(f"ratio {args.sizes[-1]:,}/{args.sizes[0]:,}: median {ratio_p50:.2f}x, p95 {ratio_p95:.2f}x "
               f"(target <= {TARGET}x): {verdict}")
         return 0
-    finally:
-        connection.close()
-        connection.creation.destroy_test_db(old_name, verbosity=0)
 
 
 if __name__ == "__main__":
