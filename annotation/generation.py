@@ -39,6 +39,7 @@ from annotation.models import ComparisonTask, PairSampling, PolicyCheckpoint, Re
 from annotation.pair_setting import PairRefused, pair_checkpoints, pair_setting_problem, pair_temperatures
 from annotation.selectors import current_policy
 from annotation.services.enqueue import enqueue_generation
+from annotation.services.gold import responses_due
 from models_core.generation import PromptTooLong
 from models_core.sampling import SamplingParams
 
@@ -53,7 +54,7 @@ SET sampling_claimed_until = %(until)s,
 FROM (
     SELECT id, sampling_claimed_until IS NOT NULL AS lapsed FROM annotation_comparisontask
     WHERE status = 'generating' AND (sampling_claimed_until IS NULL OR sampling_claimed_until < %(now)s)
-      AND (id = %(task)s OR %(others)s)
+      AND (id = %(task)s OR %(others)s) AND gold_item_id IS NULL  -- a gold serving is stored, not sampled
     ORDER BY (id = %(task)s) DESC, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -357,8 +358,15 @@ def store_pairs(
             t.pk: t for t in ComparisonTask.objects.select_for_update()
             .filter(pk__in=list(by_task), status=ComparisonTask.Status.GENERATING)
         }
+        # The gold servings stocked among these pairs turn ready with them, their responses written in task id
+        # order with the pairs' (one statement), so that their ids tell nothing.
+        servings, serving_rows = responses_due(list(tasks.values()))
         rows = []
-        for task in tasks.values():
+        for task_id in sorted([*tasks, *serving_rows]):
+            if task_id in serving_rows:
+                rows.extend(serving_rows[task_id])
+                continue
+            task = tasks[task_id]
             for slot, plan in by_task[task.pk].items():
                 output, params = results[(task.pk, slot)]
                 rows.append(Response(
@@ -372,8 +380,12 @@ def store_pairs(
         Response.objects.bulk_create(rows, ignore_conflicts=True)
         stored = {
             (r.dialogue_id, r.turn_index, r.slot): r
-            for r in Response.objects.filter(dialogue_id__in=[t.dialogue_id for t in tasks.values()])
+            for r in Response.objects.filter(dialogue_id__in=[t.dialogue_id for t in [*tasks.values(), *servings]])
         }
+        for serving in servings:
+            serving.response_a = stored[(serving.dialogue_id, serving.turn_index, "A")]
+            serving.response_b = stored[(serving.dialogue_id, serving.turn_index, "B")]
+            serving.status = ComparisonTask.Status.READY
         for task in tasks.values():
             task.response_a = stored[(task.dialogue_id, task.turn_index, "A")]
             task.response_b = stored[(task.dialogue_id, task.turn_index, "B")]
@@ -385,7 +397,8 @@ def store_pairs(
                 notes.append(IDENTICAL_NOTE)
             task.note = " ".join(n for n in notes if n)
         ComparisonTask.objects.bulk_update(
-            tasks.values(), ["response_a", "response_b", "status", "error", "sampling_claimed_until", "note"]
+            [*tasks.values(), *servings], ["response_a", "response_b", "status", "error", "sampling_claimed_until",
+                                           "note"]
         )
         return sorted(tasks)
 

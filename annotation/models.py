@@ -331,7 +331,7 @@ class ComparisonTask(models.Model):
     )
     gold_item = models.ForeignKey(
         "GoldItem", null=True, blank=True, on_delete=models.PROTECT, related_name="servings",
-        help_text="A gold check: this task is one serving of a gold item to one annotator (never in the queue).",
+        help_text="A gold check: this queue task is a serving of a gold item, made among the ordinary tasks.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -349,9 +349,9 @@ class ComparisonTask(models.Model):
             models.Index(fields=["batch", "status"]),
             # The queue: what a claim scans, in the order it scans it (``ORDER BY id``). Labelled tasks leave
             # it, so its size is the open work of the batch, not everything the batch ever held.
-            models.Index(fields=["batch", "id"], condition=Q(status="ready", owner__isnull=True,
-                                                             gold_item__isnull=True),
-                         name="task_queue_open_v2"),
+            # Gold servings are in it too: the queue serves them in the same order as the tasks around them.
+            models.Index(fields=["batch", "id"], condition=Q(status="ready", owner__isnull=True),
+                         name="task_queue_open_v3"),
         ]
 
     def __str__(self) -> str:

@@ -10,9 +10,9 @@ from django.db.models import Q
 
 
 class GoldItem(models.Model):
-    """A pair with a known answer, served as a gold check: each serving is a fresh ``ComparisonTask`` (its own
-    dialogue and responses, copied from the item) leased to one annotator, so that nothing in ids, the API or the
-    page tells it apart from the batch's other tasks."""
+    """A pair with a known answer, served as a gold check: each serving is a queue ``ComparisonTask`` (its own
+    dialogue and responses, copied from the item) made among the ordinary tasks of a refill or an import, so that
+    nothing in ids, the API, the page or the claim tells it apart from the batch's other tasks."""
 
     class Kind(models.TextChoices):
         ADMIN = "admin", "Marked by an admin"

@@ -183,14 +183,15 @@ def comparisons_for_reviewer(user: AbstractBaseUser, batch: AnnotationBatch) -> 
 
 
 def batch_progress(batch: AnnotationBatch, user: AbstractBaseUser) -> dict[str, int]:
-    """Counts for the dashboard: queue pairs with their responses, those with all their labels (complete),
-    labels given, and this user's labels."""
+    """The annotator's counts (home page and workspace): queue pairs with their responses, those with all their
+    labels (complete), labels given, and this user's labels. Gold servings and gold labels count like any other:
+    a count that skipped them would tell an annotator, on the submit, that the task was a gold check (the quality
+    statistics leave them out, ``quality.stats``)."""
     counts = ComparisonTask.objects.filter(
-        batch=batch, owner__isnull=True, gold_item__isnull=True,
-        status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.COMPLETE],
+        batch=batch, owner__isnull=True, status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.COMPLETE],
     ).aggregate(tasks=Count("pk"), done=Count("pk", filter=Q(status=ComparisonTask.Status.COMPLETE)))
     task_count, done_tasks = counts["tasks"], counts["done"]
-    labels = Comparison.objects.filter(batch=batch, is_gold=False)
+    labels = Comparison.objects.filter(batch=batch)
     return {
         "tasks": task_count,
         "done_tasks": done_tasks,

@@ -55,6 +55,10 @@ class UTCIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = UTCIsoDateTimeField
 
 
+# What the list of /api/v1/comparisons/ holds without a qa_state: what the exports take by default.
+DEFAULT_QA_STATES = [s for s in Comparison.QAState.values if s != Comparison.QAState.REJECTED]
+
+
 class ComparisonFilter(StrictFilterSet):
     batch = django_filters.NumberFilter(field_name="task__batch")
     focus = django_filters.ChoiceFilter(field_name="task__batch__focus", choices=Focus.choices)
@@ -64,7 +68,11 @@ class ComparisonFilter(StrictFilterSet):
     annotator = django_filters.CharFilter(field_name="annotator__username")
     created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
-    qa_state = django_filters.MultipleChoiceFilter(choices=Comparison.QAState.choices)
+    qa_state = django_filters.MultipleChoiceFilter(
+        choices=Comparison.QAState.choices,
+        help_text="Review states to list (repeat for several); without it: pending, approved and corrected, as "
+                  "the exports (rejected labels only when asked for).",
+    )
     min_agreement = django_filters.NumberFilter(
         method="filter_min_agreement", min_value=0, max_value=1,
         help_text="0 to 1: labels whose task's share of labels agreeing with its majority choice is at least this "
@@ -74,7 +82,6 @@ class ComparisonFilter(StrictFilterSet):
     class Meta:
         model = Comparison
         fields = []
-
 
     def filter_min_agreement(self, queryset, name, value):
         return queryset.filter(task__in=agreeing_comparisons(float(value)))

@@ -21,6 +21,7 @@ v1 = [
     path("batches/<int:batch_id>/prompts/", views.write_prompt, name="api-write-prompt"),
     path("batches/<int:batch_id>/stats/", views.batch_stats, name="api-batch-stats"),
     path("batches/<int:batch_id>/annotators/<int:user_id>/stats/", views.annotator_stats, name="api-annotator-stats"),
+    path("me/stats/", views.my_stats, name="api-my-stats"),
     path("tasks/<int:task_id>/", views.task_detail, name="api-task"),
     path("tasks/<int:task_id>/comparison/", views.submit_comparison, name="api-submit"),
     path("tasks/<int:task_id>/skip/", views.skip_task, name="api-skip"),

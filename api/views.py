@@ -192,6 +192,25 @@ def annotator_stats(request: Request, batch_id: int, user_id: int) -> Response:
     return _stats_response(dashboards.annotator_dashboard(batch, annotator))
 
 
+@extend_schema(tags=["quality"], summary="My numbers: the caller's own statistics in each of their batches",
+               responses={200: inline_serializer("MyNumbers", {
+                   "batches": serializers.ListField(child=serializers.DictField(), help_text=(
+                       "One per batch assigned to the caller, newest first: batch {id, name}, comparisons, "
+                       "throughput, median_time_on_task_s, gold {checks, correct, accuracy}, position_bias, "
+                       "strength, safety (as an annotator's statistics in a batch, without agreement or "
+                       "per_hour).")),
+                   "snapshot": serializers.DictField(help_text="computed_at, fresh, refreshing."),
+               }), 202: OpenApiTypes.OBJECT, 401: ERROR})
+@api_view(["GET"])
+@permission_classes([IsAuthenticated])
+def my_stats(request: Request) -> Response:
+    """What "My numbers" (``/quality/me/``) shows, as JSON: the caller's own numbers in each batch assigned to
+    them, and never anyone else's. 202 (retry after 3 s) while a worker computes their first snapshot."""
+    data = dashboards.annotator_overview(request.user)
+    rows = [{**row["s"], "batch": {"id": row["batch"].pk, "name": row["batch"].name}} for row in data["rows"]]
+    return _stats_response({"batches": rows, "snapshot": data["snapshot"]})
+
+
 def _stats_response(data: dict) -> Response:
     """200 with the numbers; 202 with ``Retry-After`` while a worker computes a large batch's first snapshot
     (the body then holds the batch, its progress and ``snapshot``, and for an annotator their own numbers)."""
@@ -270,17 +289,25 @@ class ResponseViewSet(ScopedViewSet):
 
 @extend_schema(tags=["resources"])
 class ComparisonViewSet(ScopedViewSet):
-    """Labels: annotators see their own, reviewers those of their batches, staff all."""
+    """Labels: annotators see their own, reviewers those of their batches, staff all; gold checks only their
+    annotator (they are not preference data). Without ``qa_state``: pending, approved and corrected labels."""
 
     model = Comparison
     serializer_class = ComparisonSerializer
     filterset_class = filters.ComparisonFilter
 
     def scoped(self, user):
-        qs = Comparison.objects.select_related("annotator", "task")
+        # A gold check stays in its annotator's own list: a label missing there would tell them it was one.
+        qs = Comparison.objects.select_related("annotator", "task").exclude(Q(is_gold=True) & ~Q(annotator=user))
         if user.is_staff:
             return qs
         return qs.filter(Q(annotator=user) | Q(task__batch__reviewers=user)).distinct()
+
+    def filter_queryset(self, queryset):
+        queryset = super().filter_queryset(queryset)
+        if self.action == "list" and not any(self.request.query_params.getlist("qa_state")):
+            queryset = queryset.filter(qa_state__in=filters.DEFAULT_QA_STATES)
+        return queryset
 
     @extend_schema(request=ReviewInputSerializer, responses={200: ReviewActionSerializer, 400: ERROR, 403: ERROR,
                                                              404: ERROR})

@@ -30,6 +30,18 @@ def to_counts(reliability: np.ndarray, categories) -> np.ndarray:
     return np.stack([(reliability == c).sum(axis=0) for c in categories], axis=1)
 
 
+def _irrcac_ac2(reliability: np.ndarray) -> float:
+    """irrCAC's ordinal AC2 of raters x items ratings on the 8-point scale (items with no rating dropped, as
+    irrCAC drops them)."""
+    cac = CAC(pd.DataFrame(reliability.T), weights="ordinal", categories=list(range(8)), digits=12)
+    return cac.gwet()["est"]["coefficient_value"]
+
+
+def _kripp_alpha(reliability: np.ndarray) -> float:
+    return krippendorff.alpha(reliability_data=reliability, level_of_measurement="ordinal",
+                              value_domain=list(range(8)))
+
+
 def test_pairwise_agreement_by_hand():
     # Item 1: 3 labels, all alike (3 agreeing ordered pairs of 6... all 6 agree); item 2: A, A, B (2 of 6 agree).
     counts = np.array([[3, 0], [2, 1]])
@@ -134,17 +146,31 @@ def test_batch_agreement_reads_the_labels_through_sql():
     _label(extra[1], users[0], "A", "better", is_gold=True, gold_correct=True)
     _label(extra[1], users[1], "A", "better", is_gold=True, gold_correct=True)
 
-    expected = np.zeros((4, 8))
+    # Raters x items on the scale (NaN: no label): tasks 0-3, then extra[0] with user 1's lone label.
+    ratings = np.full((3, 5), nan)
     for i, labels in enumerate(plan):
-        for chosen, strength in labels:
-            expected[i, metrics.scale_index(chosen, strength)] += 1
+        for u, (chosen, strength) in enumerate(labels):
+            ratings[u, i] = metrics.scale_index(chosen, strength)
+    ratings[1, 4] = metrics.scale_index("B", "better")
+    expected = to_counts(ratings, range(8))
     result = agreement.batch_agreement(batch.pk, bootstrap=200)
-    assert result["items"] == 4 and result["labels"] == 12 + 1  # the lone label on extra[0] counts, alone
-    assert result["alpha"]["value"] == pytest.approx(metrics.krippendorff_alpha(expected))
-    assert result["ac2"]["value"] == pytest.approx(metrics.gwet_ac2(expected))
+    assert result["items"] == 4 and result["tasks"] == 5
+    assert result["labels"] == 12 + 1  # the lone label on extra[0] counts, alone
+    assert result["alpha"]["value"] == pytest.approx(metrics.krippendorff_alpha(expected[:4]))
+    # The lone label counts in AC2's category shares, as irrCAC counts it (without it AC2 would be 0.3758).
+    assert result["ac2"]["value"] == pytest.approx(_irrcac_ac2(ratings), abs=1e-9)
+    assert result["ac2"]["value"] == pytest.approx(0.4721638655, abs=1e-9)
     # Choice: tasks 0-2 have 1 agreeing pair of 3 (2 of 6 ordered), task 3 all 6: (2 + 2 + 2 + 6) / 24.
     assert result["choice_agreement"]["value"] == pytest.approx(12 / 24)
     by_user = {row["username"]: row for row in result["per_annotator"]}
+    # Over the tasks each labelled: users 0 and 2 tasks 0-3, user 1 also extra[0] (alone: in AC2's shares only).
+    for user, tasks_of in [(users[0], [0, 1, 2, 3]), (users[1], [0, 1, 2, 3, 4]), (users[2], [0, 1, 2, 3])]:
+        row = by_user[user.username]
+        assert row["choice_agreement"]["value"] == pytest.approx(12 / 24)
+        assert row["alpha"]["value"] == pytest.approx(_kripp_alpha(ratings[:, tasks_of]), abs=1e-9)
+        assert row["ac2"]["value"] == pytest.approx(_irrcac_ac2(ratings[:, tasks_of]), abs=1e-9)
+    assert by_user[users[1].username]["ac2"]["value"] == pytest.approx(result["ac2"]["value"])
+    assert by_user[users[0].username]["ac2"]["value"] == pytest.approx(0.3757763975, abs=1e-9)
     # Users 0 and 1 agree with the other two's majority when it exists: on tasks 0-2 the others split 1-1
     # (not judged), on task 3 they agree. User 2 sides against a 2-0 majority on tasks 0-2, with it on task 3.
     assert by_user[users[0].username]["with_majority"]["value"] == 1.0
@@ -152,8 +178,16 @@ def test_batch_agreement_reads_the_labels_through_sql():
     assert by_user[users[1].username]["labels"] == 5 and by_user[users[1].username]["judged"] == 1
     assert by_user[users[2].username]["with_majority"]["value"] == pytest.approx(1 / 4)
     assert by_user[users[2].username]["judged"] == 4
-    buckets = {row["bucket"]: row["items"] for row in result["per_bucket"]}
-    assert buckets == {"better": 3, "slightly_better": 1}
+    buckets = {row["bucket"]: row for row in result["per_bucket"]}
+    assert {name: row["items"] for name, row in buckets.items()} == {"better": 3, "slightly_better": 1}
+    assert buckets["better"]["tasks"] == 4  # with extra[0]'s lone "better"
+    # "better": tasks 0, 1, 3 and extra[0]. On the scale task 0 is (1, 1, 5), task 1 (0, 1, 6), task 3 (6, 6, 6):
+    # 2 + 0 + 6 agreeing ordered pairs of 18; by choice 2 + 2 + 6 of 18.
+    better = buckets["better"]
+    assert better["scale_agreement"]["value"] == pytest.approx(8 / 18)
+    assert better["choice_agreement"]["value"] == pytest.approx(10 / 18)
+    assert better["alpha"]["value"] == pytest.approx(_kripp_alpha(ratings[:, [0, 1, 3]]), abs=1e-9)
+    assert better["ac2"]["value"] == pytest.approx(_irrcac_ac2(ratings[:, [0, 1, 3, 4]]), abs=1e-9)
 
 
 @pytest.mark.django_db
@@ -277,3 +311,108 @@ def test_task_majority_share_sql_counts_only_the_counted_labels():
                        "WHERE t.batch_id = %s", [batch.pk])
         shares = dict(cursor.fetchall())
     assert shares == {unanimous.pk: 1.0, split.pk: pytest.approx(2 / 3), with_excluded.pk: 1.0}
+
+
+def test_ordinal_ac2_matches_the_published_value_for_gwets_four_raters():
+    # Gwet (2014)'s 4 raters x 12 subjects (irrCAC's raw_4raters, one subject rated once) with ordinal weights:
+    # AC2 0.899 (pa 0.968, pe 0.685), as published in irrCAC's test suite (afergadis/irrCAC,
+    # test/unit/irrCAC/raw/test_gwet.py, test_gwet_raw4raters_ordinal_weights, from the R irrCAC package).
+    counts = to_counts(irr_datasets.raw_4raters().to_numpy().T, range(1, 6))
+    assert round(metrics.gwet_ac2(counts, "ordinal"), 3) == 0.899
+    assert metrics.gwet_ac2(counts, "ordinal") == pytest.approx(0.8989397699, abs=1e-9)
+
+
+def test_bootstrap_of_distinct_rows_with_multiplicities_equals_the_items_listed_one_by_one():
+    rng = np.random.default_rng(8)  # 300 items with 1 to 3 labels each
+    shares = [0.3, 0.2, 0.1, 0.05, 0.05, 0.1, 0.1, 0.1]
+    counts = np.array([rng.multinomial(m, shares) for m in rng.integers(1, 4, size=300)])
+    rows, multiplicity = np.unique(counts, axis=0, return_counts=True)
+    for name in ("pairwise", "alpha", "ac2"):
+        listed = metrics.interval(name, counts, resamples=300, seed=2)
+        grouped = metrics.interval(name, rows[::-1], multiplicity=multiplicity[::-1], resamples=300, seed=2)
+        assert grouped == pytest.approx(listed, abs=1e-12)
+
+
+def test_share_interval_resamples_the_items():
+    # 40 labels, 30 of them with the majority; 10 labels not judged (no majority among the others) are left out.
+    items = np.array([[1, 1]] * 30 + [[0, 1]] * 10 + [[0, 0]] * 10)
+    result = metrics.interval("share", items, resamples=4000, seed=1)
+    assert result["value"] == 0.75
+    rng = np.random.default_rng(3)
+    judged = items[:40]
+    one_by_one = [judged[rng.integers(0, 40, 40), 0].mean() for _ in range(4000)]
+    low, high = np.percentile(one_by_one, [2.5, 97.5])
+    assert result["low"] == pytest.approx(low, abs=0.03) and result["high"] == pytest.approx(high, abs=0.03)
+
+
+def _agreeing_pairs(values: list[list[float]]) -> float | None:
+    """Share of agreeing ordered pairs within items, by counting them (the reference for raw agreement)."""
+    agree = pairs = 0
+    for item in values:
+        for i, x in enumerate(item):
+            for j, y in enumerate(item):
+                if i != j:
+                    pairs += 1
+                    agree += x == y
+    return agree / pairs if pairs else None
+
+
+@pytest.mark.django_db
+def test_a_partly_labelled_batch_matches_the_reference_packages_per_batch_annotator_and_bucket():
+    # 4 annotators, 60 tasks, each labelled by 1 to 3 of them (a fifth of the tasks by one only), labels noisy
+    # around each task's true place on the scale.
+    users = [UserFactory(username=f"rater{i}") for i in range(4)]
+    batch = BatchFactory(overlap=3, annotators=users)
+    tasks = make_pairs(batch, 60)
+    rng = np.random.default_rng(21)
+    ratings = np.full((4, 60), nan)
+    for t, task in enumerate(tasks):
+        truth = int(rng.integers(0, 8))
+        raters = rng.choice(4, size=1 if t % 5 == 0 else int(rng.integers(2, 4)), replace=False)
+        for u in raters:
+            ratings[u, t] = int(np.clip(truth + rng.integers(-1, 2), 0, 7))
+            _signed_label(task, users[u], int(ratings[u, t]))
+    result = agreement.batch_agreement(batch.pk, bootstrap=100)
+    labelled = ~np.isnan(ratings)
+    assert (result["tasks"], result["items"]) == (60, 48)
+    assert result["ac2"]["value"] == pytest.approx(_irrcac_ac2(ratings), abs=1e-9)
+    assert result["alpha"]["value"] == pytest.approx(_kripp_alpha(ratings), abs=1e-9)
+    on_scale = [list(ratings[labelled[:, t], t]) for t in range(60)]
+    by_choice = [[v < 4 for v in item] for item in on_scale]
+    assert result["scale_agreement"]["value"] == pytest.approx(_agreeing_pairs(on_scale))
+    assert result["choice_agreement"]["value"] == pytest.approx(_agreeing_pairs(by_choice))
+
+    by_user = {row["username"]: row for row in result["per_annotator"]}
+    for u, user in enumerate(users):
+        row, mine = by_user[user.username], labelled[u]
+        assert row["labels"] == mine.sum()
+        assert row["ac2"]["value"] == pytest.approx(_irrcac_ac2(ratings[:, mine]), abs=1e-9)
+        assert row["alpha"]["value"] == pytest.approx(_kripp_alpha(ratings[:, mine]), abs=1e-9)
+        assert row["choice_agreement"]["value"] == pytest.approx(
+            _agreeing_pairs([c for c, m in zip(by_choice, mine, strict=True) if m]))
+        # The intervals resample the annotator's tasks: the same as the tasks' rows listed one by one.
+        listed = metrics.interval("ac2", to_counts(ratings[:, mine], range(8)), resamples=100)
+        assert row["ac2"] == pytest.approx(listed)
+        assert row["ac2"]["low"] <= row["ac2"]["value"] <= row["ac2"]["high"]
+        # With the others' majority, label by label.
+        agreed = judged = 0
+        for t in np.flatnonzero(mine):
+            others = [v < 4 for w, v in enumerate(ratings[:, t]) if w != u and labelled[w, t]]
+            if others.count(True) != others.count(False):
+                judged += 1
+                agreed += (ratings[u, t] < 4) == (others.count(True) > others.count(False))
+        assert row["judged"] == judged
+        assert row["with_majority"]["value"] == pytest.approx(agreed / judged)
+
+    # Buckets: the lower median of each task's strengths (0 = significantly better ... 3 = negligibly better).
+    strength = np.where(ratings < 4, ratings, 7 - ratings)
+    bucket = np.array([sorted(strength[labelled[:, t], t])[(labelled[:, t].sum() - 1) // 2] for t in range(60)])
+    rows = {row["bucket"]: row for row in result["per_bucket"]}
+    assert set(rows) == {metrics.STRENGTHS[b] for b in set(bucket[labelled.sum(axis=0) >= 2].astype(int))}
+    for name, row in rows.items():
+        inside = bucket == metrics.STRENGTHS.index(name)
+        assert row["tasks"] == inside.sum()
+        assert row["ac2"]["value"] == pytest.approx(_irrcac_ac2(ratings[:, inside]), abs=1e-9)
+        assert row["alpha"]["value"] == pytest.approx(_kripp_alpha(ratings[:, inside]), abs=1e-9)
+        assert row["scale_agreement"]["value"] == pytest.approx(
+            _agreeing_pairs([v for v, i in zip(on_scale, inside, strict=True) if i]))

@@ -1,7 +1,6 @@
 """Flags on annotators: a scripted careless annotator (always left, fast, wrong on gold) trips all three rules
 and is paused; a careful one trips none; lifting clears the pause and later checks count only new labels."""
 
-import random
 from datetime import timedelta
 
 import pytest
@@ -11,7 +10,6 @@ from scipy.stats import binomtest
 
 from annotation import services
 from annotation.models import AnnotatorFlag, Comparison, ComparisonTask
-from annotation.services import gold as gold_service
 from annotation.services.flags import binomial_two_sided_p
 from tests.factories import BatchFactory, UserFactory, make_pairs
 from workers import tasks as worker_tasks
@@ -21,13 +19,13 @@ Reason = AnnotatorFlag.Reason
 
 
 @pytest.fixture
-def batch(monkeypatch, settings):
+def batch(settings):
     # 12 labels: enough for an all-left run to reach p < 0.001 (2 / 2**12), few enough for short scripts.
     settings.LADDER_QUALITY_MIN_LABELS = 12
-    monkeypatch.setattr(gold_service, "_rng", random.Random(7))
-    b = BatchFactory(heldout_count=0, overlap=2, gold_rate=0.25)
-    make_pairs(b, 70)
+    b = BatchFactory(heldout_count=0, overlap=2, gold_rate=0.4)
+    make_pairs(b, 4)
     services.build_gold_items(b, 20, seed=3)
+    make_pairs(b, 70)  # with the gold servings stocked among them
     return b
 
 

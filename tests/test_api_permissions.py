@@ -70,6 +70,8 @@ ENDPOINTS = [
     ("get", "/api/v1/responses/", {}, {"anonymous": 401, "annotator": 403, "reviewer": 200, "staff": 200}),
     ("get", "/api/v1/comparisons/", {}, {"anonymous": 401, "annotator": 200, "reviewer": 200, "staff": 200}),
     ("get", "/api/v1/checkpoints/", {}, {"anonymous": 401, "annotator": 403, "reviewer": 200, "staff": 200}),
+    # Each signed-in user's own numbers (tests/test_quality_dashboards.py: nobody else's).
+    ("get", "/api/v1/me/stats/", {}, {"anonymous": 401, "annotator": 200, "reviewer": 200, "staff": 200}),
     ("post", "/api/v1/imports/prompts/?batch={batch}&format=jsonl",
      {"data": {"file": ("p.jsonl", PROMPTS_JSONL)}, "format": "multipart"},
      {"anonymous": 401, "annotator": 403, "reviewer": 403, "staff": 201, "porter": 201}),

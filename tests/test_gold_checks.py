@@ -1,7 +1,7 @@
-"""Gold checks: marked and built items, served as fresh tasks that look like any other, scored, never exported."""
+"""Gold checks: marked and built items, served as queue tasks stocked among the ordinary ones and served like
+them (ids, JSON, the claim's statements), scored, never exported."""
 
-import random
-import time
+import re
 
 import pytest
 from django.core.exceptions import PermissionDenied
@@ -9,9 +9,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from annotation import services
-from annotation.models import Assignment, Comparison, ComparisonTask, GoldItem
-from annotation.services import gold as gold_service
+from annotation import generation, selectors, services
+from annotation.models import Assignment, Comparison, ComparisonTask, GoldItem, Response
 from rlhf import exports
 from rlhf.exports import ExportOptions
 from tests.factories import BatchFactory, UserFactory, make_pairs
@@ -49,63 +48,154 @@ def keys(data):
     return type(data).__name__
 
 
-def test_a_gold_serving_has_the_same_json_as_an_ordinary_task_and_the_next_id(setup):
+def stock(batch, rate, n):
+    """Set the batch's gold rate and add ``n`` ordinary pairs (through the real service), the servings due
+    stocked among them; returns the ordinary ones."""
+    set_rate(batch, rate)
+    return make_pairs(batch, n)
+
+
+def walk(user, batch):
+    """Claim and label (letter A) until nothing is left for ``user``; the leases, in order."""
+    leases = []
+    while (lease := services.claim_next_task(user, batch.pk, wait_seconds=0)) is not None:
+        submit(user, lease)
+        leases.append(lease)
+    return leases
+
+
+def claim_gold(user, batch):
+    """Label ordinary tasks until the next lease is a gold serving; that lease."""
+    while True:
+        lease = services.claim_next_task(user, batch.pk, wait_seconds=0)
+        if ComparisonTask.objects.get(pk=lease.task_id).gold_item_id is not None:
+            return lease
+        submit(user, lease)
+
+
+def servings(batch):
+    return list(ComparisonTask.objects.filter(batch=batch, gold_item__isnull=False).order_by("id"))
+
+
+def shape(sql):
+    """A statement without its values (ids, times, strings, savepoint names), to compare two claims' statements."""
+    return re.sub(r"'[^']*'|\"s\d+_x\d+\"|\b\d+\b", "?", sql)
+
+
+def test_gold_servings_are_queue_tasks_among_the_ordinary_ones_with_the_same_json_and_statements(setup):
     alice, batch = setup["alice"], setup["batch"]
+    services.build_gold_items(batch, 3, seed=1)  # four active items, one serving each (two annotators, overlap 2)
+    new = stock(batch, 0.5, 12)
+    gold = servings(batch)
+    # Stocked among the new pairs: ids (task, dialogue, responses) in the same sequences, none after the last pair.
+    ids = sorted([t.pk for t in new] + [g.pk for g in gold])
+    assert len(gold) >= 2 and ids == list(range(ids[0], ids[-1] + 1)) and gold[-1].pk < new[-1].pk
+    assert any(gold[0].pk < t.pk < gold[-1].pk for t in new)  # not one block: ordinary pairs between them
+    rows = sorted([*new, *gold], key=lambda t: t.pk)
+    for before, after in zip(rows, rows[1:], strict=False):
+        assert before.dialogue_id < after.dialogue_id and before.response_b_id < after.response_a_id
+    # Alice takes the queue in id order, gold checks included, each request the same statements and JSON shape.
     client = APIClient()
     client.force_login(alice)
     url = f"/api/v1/batches/{batch.pk}/next-task/"
-    ordinary = client.post(url).json()
-    assert ComparisonTask.objects.get(pk=ordinary["id"]).gold_item_id is None
-    submit(alice, Assignment.objects.get(task_id=ordinary["id"]))
-    last_id = ComparisonTask.objects.order_by("-id").values_list("id", flat=True)[0]
-    set_rate(batch, 1.0)
-    gold = client.post(url).json()
-    served = ComparisonTask.objects.get(pk=gold["id"])
-    assert served.gold_item_id == setup["item"].pk
-    assert keys(gold) == keys(ordinary)
-    assert gold["id"] == last_id + 1  # the same sequence as every task
-    assert gold["responses"][0]["id"] > max(r["id"] for r in ordinary["responses"])
-    assert [t["content"] for t in gold["dialogue"]] == [m["content"] for m in setup["item"].messages]
-    assert {r["slot"]: r["text"] for r in gold["responses"]} == {
-        "A": setup["item"].response_a, "B": setup["item"].response_b}
+    client.post(url)  # the session's first request; Alice labels this first task like the others
+    submit(alice, Assignment.objects.get(annotator=alice, status="active"))
+    served = []
+    while True:
+        with CaptureQueriesContext(connection) as ctx:
+            response = client.post(url)
+        if response.status_code == 204:
+            break
+        data = response.json()
+        served.append((data, [shape(q["sql"]) for q in ctx.captured_queries]))
+        submit(alice, Assignment.objects.get(task_id=data["id"], annotator=alice))
+    served_ids = [data["id"] for data, _ in served]
+    assert served_ids == sorted(served_ids)
+    assert {g.pk for g in gold} <= set(served_ids)
+    ordinary = [(d, q) for d, q in served if d["id"] not in {g.pk for g in gold}]
+    golden = [(d, q) for d, q in served if d["id"] in {g.pk for g in gold}]
+    assert {len(q) for _, q in golden} == {len(q) for _, q in ordinary}
+    assert all(q == ordinary[0][1] for _, q in golden + ordinary)
+    assert all(keys(d) == keys(ordinary[0][0]) for d, _ in golden)
+    first = next(d for d, _ in golden if d["id"] == gold[0].pk)
+    item = gold[0].gold_item
+    assert [t["content"] for t in first["dialogue"]] == [m["content"] for m in item.messages]
+    assert {r["slot"]: r["text"] for r in first["responses"]} == {"A": item.response_a, "B": item.response_b}
 
 
-def test_a_gold_item_is_served_once_per_annotator_and_each_serving_to_one_annotator(setup):
+def test_an_annotator_meets_each_gold_item_once_and_a_serving_takes_the_batchs_overlap(setup):
     alice, bob, batch = setup["alice"], setup["bob"], setup["batch"]
-    set_rate(batch, 1.0)
-    first = services.claim_next_task(alice, batch.pk, wait_seconds=0)
-    assert first.task.gold_item_id == setup["item"].pk
-    submit(alice, first)
-    again = [services.claim_next_task(alice, batch.pk, wait_seconds=0)]
-    submit(alice, again[0])
-    again.append(services.claim_next_task(alice, batch.pk, wait_seconds=0))
-    assert all(a.task.gold_item_id is None for a in again)
-    bobs = services.claim_next_task(bob, batch.pk, wait_seconds=0)
-    assert bobs.task.gold_item_id == setup["item"].pk and bobs.task_id != first.task_id
-    assert list(Assignment.objects.filter(task_id=first.task_id).values_list("annotator_id", flat=True)) == [alice.pk]
-    assert list(Assignment.objects.filter(task_id=bobs.task_id).values_list("annotator_id", flat=True)) == [bob.pk]
-    assert ComparisonTask.objects.get(pk=first.task_id).status == ComparisonTask.Status.COMPLETE
-
-
-def test_no_gold_is_served_when_the_queue_has_nothing_for_the_annotator(setup):
-    alice, batch = setup["alice"], setup["batch"]
-    for _ in range(6):
-        submit(alice, services.claim_next_task(alice, batch.pk, wait_seconds=0))
-    set_rate(batch, 1.0)
+    carol = UserFactory()
+    batch.annotators.add(carol)
+    stock(batch, 1.0, 3)  # three annotators, overlap 2: two servings of the one item, before the first new pair
+    first, second = servings(batch)
+    golds = {}
+    for user in (alice, bob):
+        golds[user.pk] = [lease.task_id for lease in walk(user, batch)
+                          if lease.task_id in (first.pk, second.pk)]
+    assert golds == {alice.pk: [first.pk], bob.pk: [first.pk]}  # never the second serving of the same item
+    assert set(Assignment.objects.filter(task=first).values_list("annotator_id", flat=True)) == {alice.pk, bob.pk}
+    assert ComparisonTask.objects.get(pk=first.pk).status == ComparisonTask.Status.COMPLETE
+    # Every pair is labelled: the serving left is not served alone, and no claim makes a task.
     tasks_before = ComparisonTask.objects.count()
-    assert services.claim_next_task(alice, batch.pk, wait_seconds=0) is None
+    assert services.claim_next_task(carol, batch.pk, wait_seconds=0) is None
     assert ComparisonTask.objects.count() == tasks_before
-    assert not ComparisonTask.objects.filter(gold_item__isnull=False).exists()
+    stock(batch, 1.0, 1)  # the item has its two servings: nothing more stocked
+    assert servings(batch) == [first, second]
+    assert [lease.task_id for lease in walk(carol, batch)][0] == second.pk
+
+
+def test_a_refills_servings_wait_for_the_pairs_sampled_around_them_and_share_their_id_sequences(setup):
+    alice, batch = setup["alice"], setup["batch"]
+    walk(alice, batch)  # the six seeded pairs, each waiting for bob's label
+    batch.min_ready_pairs = 9  # those six and three new ones
+    batch.save(update_fields=["min_ready_pairs"])
+    set_rate(batch, 1.0)
+    services.add_prompts(batch, [{"messages": [{"role": "user", "content": f"Pool prompt {i}?"}]} for i in range(5)],
+                         source="pool")
+    new = services.refill_queue(batch.pk, enqueue=False)
+    (serving,) = servings(batch)  # stocked before the refill's first pair, and not counted as a pair
+    assert len(new) == 3 and serving.pk == new[0].pk - 1 and serving.status == ComparisonTask.Status.GENERATING
+    # A sampling job never takes a serving up: it waits for its neighbour.
+    assert generation.claim_tasks(serving.pk, batch_size=1) == []
+    assert services.claim_next_task(alice, batch.pk, wait_seconds=0) is None
+    assert generation.sample_pairs(new[0].pk, batch_size=1) == [new[0].pk]
+    serving.refresh_from_db()
+    assert serving.status == ComparisonTask.Status.READY
+    # Its responses were written with its neighbour's, in task order: no id tells them apart.
+    dialogues = list(Response.objects.filter(dialogue__in=[serving.dialogue_id, new[0].dialogue_id])
+                     .order_by("id").values_list("dialogue_id", flat=True))
+    assert dialogues == [serving.dialogue_id] * 2 + [new[0].dialogue_id] * 2
+    assert Response.objects.get(pk=serving.response_a_id).text == serving.gold_item.response_a
+    assert [lease.task_id for lease in walk(alice, batch)] == [serving.pk, new[0].pk]
+
+
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_an_annotators_counts_move_the_same_for_a_gold_check(setup, overlap):
+    alice, batch = setup["alice"], setup["batch"]
+    batch.overlap = overlap
+    batch.save(update_fields=["overlap"])
+    stock(batch, 1.0, 2)
+    moves = {}
+    while len(moves) < 2:
+        before = selectors.batch_progress(batch, alice)
+        lease = services.claim_next_task(alice, batch.pk, wait_seconds=0)
+        submit(alice, lease)
+        after = selectors.batch_progress(batch, alice)
+        is_gold = ComparisonTask.objects.get(pk=lease.task_id).gold_item_id is not None
+        moves.setdefault(is_gold, {k: after[k] - before[k] for k in ("tasks", "done_tasks", "labels", "mine")})
+    # Overlap 1: each label completes its task; overlap 2: Alice's is the first of two.
+    assert moves[True] == moves[False] == {"tasks": 0, "done_tasks": 2 - overlap, "labels": 1, "mine": 1}
 
 
 @pytest.mark.parametrize("shown_order", ["AB", "BA"])
 def test_gold_correct_follows_the_answer_under_either_shown_order(setup, shown_order):
     alice, bob, batch = setup["alice"], setup["bob"], setup["batch"]  # the answer is slot B
-    set_rate(batch, 1.0)
+    stock(batch, 1.0, 1)
+    ComparisonTask.objects.filter(gold_item=setup["item"]).update(shown_order=shown_order)
     results = {}
     for user, right in ((alice, True), (bob, False)):
-        lease = services.claim_next_task(user, batch.pk, wait_seconds=0)
-        ComparisonTask.objects.filter(pk=lease.task_id).update(shown_order=shown_order)
+        lease = claim_gold(user, batch)
         task = ComparisonTask.objects.get(pk=lease.task_id)
         letter_of_b = task.letter_for_slot("B")
         letter = letter_of_b if right else {"A": "B", "B": "A"}[letter_of_b]
@@ -119,8 +209,8 @@ def test_gold_correct_follows_the_answer_under_either_shown_order(setup, shown_o
 def test_gold_labels_are_never_exported(setup):
     alice, batch = setup["alice"], setup["batch"]
     ordinary = submit(alice, services.claim_next_task(alice, batch.pk, wait_seconds=0))
-    set_rate(batch, 1.0)
-    gold = submit(alice, services.claim_next_task(alice, batch.pk, wait_seconds=0))
+    stock(batch, 1.0, 1)
+    gold = submit(alice, claim_gold(alice, batch))
     assert gold.is_gold
     ids = {row["comparison_id"] for row in exports.iter_rows(ExportOptions())}
     assert ordinary.pk in ids and gold.pk not in ids
@@ -148,28 +238,24 @@ def test_built_items_pit_a_response_against_one_for_another_prompt(setup):
     assert len(tasks) == 6
 
 
-def test_a_gold_claim_costs_about_what_an_ordinary_claim_costs(setup, monkeypatch):
-    """Measured: the gold claim adds the gold draw (two reads) and the serving's inserts."""
+def test_a_gold_claim_runs_the_ordinary_claims_statements_and_writes_only_the_lease(setup):
     batch = setup["batch"]
-    monkeypatch.setattr(gold_service, "_rng", random.Random(0))
-    users = [UserFactory() for _ in range(6)]
+    users = [UserFactory() for _ in range(4)]
     batch.annotators.add(*users)
-    services.build_gold_items(batch, 6, seed=2)
-    timings = {}
-    for rate, group in ((0.0, users[:3]), (1.0, users[3:])):
-        set_rate(batch, rate)
-        elapsed, queries = [], []
-        for user in group:
+    services.build_gold_items(batch, 2, seed=2)
+    stock(batch, 0.5, 6)
+    claims = {True: set(), False: set()}
+    for user in users:
+        for _ in range(5):
+            tasks_before = ComparisonTask.objects.count()
             with CaptureQueriesContext(connection) as ctx:
-                start = time.perf_counter()
                 lease = services.claim_next_task(user, batch.pk, wait_seconds=0)
-                elapsed.append(time.perf_counter() - start)
-            assert (lease.task.gold_item_id is not None) == (rate == 1.0)
-            queries.append(len(ctx.captured_queries))
-        timings[rate] = (min(elapsed), max(queries))
-    print(f"claim: ordinary {timings[0.0][0] * 1000:.1f} ms / {timings[0.0][1]} queries, "  # noqa: T201
-          f"gold {timings[1.0][0] * 1000:.1f} ms / {timings[1.0][1]} queries")
-    assert timings[1.0][1] - timings[0.0][1] <= 8
+            assert ComparisonTask.objects.count() == tasks_before
+            statements = tuple(shape(q["sql"]) for q in ctx.captured_queries)
+            assert sum(sql.startswith("INSERT") for sql in statements) == 1  # the lease
+            claims[ComparisonTask.objects.get(pk=lease.task_id).gold_item_id is not None].add(statements)
+            submit(user, lease)
+    assert claims[True] and claims[True] == claims[False] and len(claims[False]) == 1
 
 
 def test_built_items_never_pair_dialogues_that_share_a_question(setup):

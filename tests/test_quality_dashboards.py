@@ -73,8 +73,38 @@ def test_batch_stats_match_the_hand_computed_values(world):
 def test_table6_weights_tasks_by_labels_and_prefers_recorded_token_counts(world):
     t6 = stats.table6(world["batch"].pk)
     # Per task: t1 2 labels (response (120 + 50) / 2 = 85), t2 2 and t3 1 (response (100 + 50) / 2 = 75).
-    assert t6 == {"comparisons": 5, "avg_turns_per_dialogue": 2.0, "avg_tokens_per_example": 35 + 79.0,
-                  "avg_tokens_in_prompt": 5.0, "avg_tokens_in_response": 79.0}
+    assert t6 == {"comparisons": 5, "dialogues": 3, "avg_turns_per_dialogue": 2.0,
+                  "avg_tokens_per_example": 35 + 79.0, "avg_tokens_in_prompt": 5.0, "avg_tokens_in_response": 79.0}
+
+
+def test_table6_counts_turns_once_per_distinct_dialogue():
+    from annotation.models import Response, Turn
+
+    alice, bob, carol = UserFactory(), UserFactory(), UserFactory()
+    batch = BatchFactory(annotators=[alice, bob, carol], status="open", overlap=3)
+    (one_turn,) = make_pairs(batch, 1, turns=[("user", "q")])
+    (first,) = make_pairs(batch, 1, turns=[("user", "q1")])
+    # The second dialogue goes on (as ``continue_dialogue`` and the sampler leave it): its chosen response, a
+    # second user turn with its own compared pair, and a third user turn whose pair only has a rejected label.
+    dialogue = first.dialogue
+    for index, role in [(1, "assistant"), (2, "user"), (3, "assistant"), (4, "user")]:
+        Turn.objects.create(dialogue=dialogue, index=index, role=role, content=f"turn {index}")
+    later = []
+    for turn_index in (3, 5):
+        a, b = (Response.objects.create(dialogue=dialogue, turn_index=turn_index, slot=slot, text="r" * 40)
+                for slot in "AB")
+        later.append(ComparisonTask.objects.create(batch=batch, dialogue=dialogue, turn_index=turn_index,
+                                                   response_a=a, response_b=b, status="complete"))
+    second, third = later
+    for user in (alice, bob, carol):
+        _label(one_turn, user, "A", "better", 10)
+    _label(first, alice, "A", "better", 10)
+    _label(second, alice, "B", "better", 10)
+    _label(third, alice, "B", "better", 10, qa_state="rejected")
+    t6 = stats.table6(batch.pk)
+    # Per distinct dialogue: 1 user turn, and 2 (up to its last counted pair): 1.5. Per label it would be
+    # (3 * 1 + 1 + 2) / 5 = 1.2.
+    assert (t6["comparisons"], t6["dialogues"], t6["avg_turns_per_dialogue"]) == (5, 2, 1.5)
 
 
 def test_annotator_stats_are_their_own_labels_only(world):
@@ -150,6 +180,77 @@ def test_annotator_dashboard_and_api_permissions(world, role, expected):
         assert api.json()["annotator"] == {"id": a, "username": "alice"}
 
 
+def test_the_pages_and_the_api_show_agreement_per_annotator_and_per_strength_bucket(world):
+    import numpy as np
+    import pandas as pd
+    from irrCAC.raw import CAC
+
+    def irrcac_ac2(ratings):
+        cac = CAC(pd.DataFrame(np.array(ratings, dtype=float).T), weights="ordinal", categories=list(range(8)),
+                  digits=12)
+        return cac.gwet()["est"]["coefficient_value"]
+
+    b = world["batch"].pk
+    data = _api(world, world["staff"], f"/api/v1/batches/{b}/stats/").json()["agreement"]
+    # On the scale (0 = A significantly better): t1 alice 0, bob 2; t2 alice 1, bob 4; t3 alice 6 (alone).
+    nan = float("nan")
+    lines = {a["username"]: a for a in data["per_annotator"]}
+    assert lines["alice"]["ac2"]["value"] == pytest.approx(irrcac_ac2([[0, 1, 6], [2, 4, nan]]), abs=1e-9)
+    assert lines["bob"]["ac2"]["value"] == pytest.approx(irrcac_ac2([[0, 1], [2, 4]]), abs=1e-9)
+    # t1 agree on the choice, t2 not: 2 of 4 ordered pairs, for both.
+    assert lines["alice"]["choice_agreement"]["value"] == lines["bob"]["choice_agreement"]["value"] == 0.5
+    assert lines["alice"]["alpha"]["value"] == pytest.approx(lines["bob"]["alpha"]["value"])
+    # Buckets, the lower median strength: t1 (significantly, slightly) significantly; t2 (better, negligibly)
+    # and t3 (better) better.
+    buckets = {row["bucket"]: row for row in data["per_bucket"]}
+    assert {name: (row["items"], row["tasks"]) for name, row in buckets.items()} == {
+        "significantly_better": (1, 1), "better": (1, 2)}
+    assert buckets["better"]["scale_agreement"]["value"] == 0.0
+    assert buckets["better"]["ac2"]["value"] == pytest.approx(irrcac_ac2([[1, 6], [4, nan]]), abs=1e-9)
+    assert set(buckets["better"]) >= {"choice_agreement", "scale_agreement", "alpha", "ac2"}
+
+    html = _page(world, world["staff"], f"/quality/batches/{b}/").content.decode()
+    assert "Agreement by preference strength" in html
+    assert f"{lines['alice']['ac2']['value']:.2f}" in html and f"{lines['bob']['ac2']['value']:.2f}" in html
+    assert "over 3 dialogues" in html
+    page = _page(world, world["staff"], f"/quality/batches/{b}/annotators/{world['alice'].pk}/").content.decode()
+    assert "AC2 (ordinal) on the tasks they labelled" in page
+    assert f"{lines['alice']['ac2']['value']:.2f}" in page
+
+
+# "My numbers": every signed-in user their own (an annotator's batches; none for who annotates nothing).
+MY_NUMBERS = {"anonymous": None, "alice": [("batch", 3)], "bob": [("batch", 2)], "carol": [("other", 0)],
+              "rita": [], "staff": []}
+
+
+@pytest.mark.parametrize("role,expected", MY_NUMBERS.items())
+def test_my_numbers_page_and_api_permissions(world, role, expected):
+    page = _page(world, world[role], "/quality/me/")
+    api = _api(world, world[role], "/api/v1/me/stats/")
+    if expected is None:
+        assert page.status_code == 302 and "/login" in page["Location"]
+        assert api.status_code == 401 and set(api.json()["error"]) == {"status", "code", "detail", "fields"}
+        return
+    assert (page.status_code, api.status_code) == (200, 200)
+    rows = api.json()["batches"]
+    assert [(r["batch"]["id"], r["comparisons"]) for r in rows] == [(world[b].pk, n) for b, n in expected]
+    # The same numbers as the page, in the same order; and nobody else's (an annotator's id is not taken).
+    assert [{**r["s"], "batch": {"id": r["batch"].pk, "name": r["batch"].name}} for r in page.context["rows"]] == rows
+    assert _api(world, world[role], f"/api/v1/me/stats/?annotator={world['alice'].pk}").json()["batches"] == rows
+
+
+def test_my_numbers_api_answers_202_while_a_worker_computes_the_first_snapshot(world, settings):
+    settings.LADDER_DASHBOARD_INLINE_LABELS = 3  # alice has 4 labels
+    response = _api(world, world["alice"], "/api/v1/me/stats/")
+    assert response.status_code == 202 and response["Retry-After"] == "3"
+    assert response.json() == {"batches": [], "snapshot": {"computed_at": None, "fresh": False, "refreshing": True}}
+    from annotation.quality import dashboards
+
+    dashboards.refresh("annotator", world["alice"].pk)
+    response = _api(world, world["alice"], "/api/v1/me/stats/")
+    assert response.status_code == 200 and response.json()["batches"][0]["gold"]["checks"] == 1
+
+
 def test_my_numbers_lists_only_the_annotators_own_batches(world):
     page = _page(world, world["alice"], "/quality/me/")
     assert page.status_code == 200
@@ -172,12 +273,15 @@ def _grow(world, tasks, extra_annotators):
     bulk_comparisons(world["batch"], tasks, annotators=[world["alice"], *users])
 
 
-@pytest.mark.parametrize("url", ["/quality/batches/{b}/", "/quality/batches/{b}/annotators/{a}/",
-                                 "/api/v1/batches/{b}/stats/", "/api/v1/batches/{b}/annotators/{a}/stats/"])
-def test_query_count_does_not_grow_with_comparisons_or_annotators(world, url, django_assert_max_num_queries):
+@pytest.mark.parametrize(("url", "viewer"), [
+    ("/quality/batches/{b}/", "staff"), ("/quality/batches/{b}/annotators/{a}/", "staff"),
+    ("/api/v1/batches/{b}/stats/", "staff"), ("/api/v1/batches/{b}/annotators/{a}/stats/", "staff"),
+    ("/quality/me/", "alice"), ("/api/v1/me/stats/", "alice"),  # "my numbers": her labels grow with the batch
+])
+def test_query_count_does_not_grow_with_comparisons_or_annotators(world, url, viewer, django_assert_max_num_queries):
     url = url.format(b=world["batch"].pk, a=world["alice"].pk)
     client = Client()
-    client.force_login(world["staff"])
+    client.force_login(world[viewer])
     client.get(url)  # session, content types
     counts = []
     for tasks, annotators in [(5, 1), (200, 6)]:

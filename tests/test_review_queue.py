@@ -269,6 +269,36 @@ def test_api_comparisons_filter_by_qa_state_and_min_agreement(world):
     assert client.get(url, {"min_agreement": "2"}).status_code == 400
 
 
+def test_api_comparisons_list_pending_approved_and_corrected_by_default_and_rejected_when_asked(world):
+    c, u1 = world["c"], world["u1"]
+    review.approve(world["rev"], c["t1u1"].pk)
+    review.reject(world["rev"], c["t0u1"].pk, "off topic")
+    review.correct(world["rev"], c["t0u3"].pk, LabelInput(chosen="A", strength="better"), "")
+    gold = _label(u1, world["tasks"][2], "B", is_gold=True, gold_correct=True)
+    url = "/api/v1/comparisons/"
+
+    def listed(user, **params):
+        client = APIClient()
+        client.force_authenticate(user)
+        response = client.get(url, {"batch": world["batch"].pk, **params})
+        assert response.status_code == 200
+        return {(r["id"], r["qa_state"]) for r in response.json()["results"]}
+
+    kept = {(c["t1u1"].pk, "approved"), (c["t0u3"].pk, "corrected"), (c["t0u2"].pk, "pending"),
+            (c["t2u2"].pk, "pending"), (c["t3rev"].pk, "pending")}
+    for user in (world["staff"], world["rev"]):  # no rejected label, and no one else's gold check
+        assert listed(user) == kept
+        assert listed(user, qa_state="rejected") == {(c["t0u1"].pk, "rejected")}
+        assert listed(user, qa_state=["rejected", "approved"]) == {(c["t0u1"].pk, "rejected"),
+                                                                   (c["t1u1"].pk, "approved")}
+    # An annotator's own list: their gold check is there like any label of theirs; the rejected one when asked.
+    assert listed(u1) == {(c["t1u1"].pk, "approved"), (gold.pk, "pending")}
+    assert listed(u1, qa_state="rejected") == {(c["t0u1"].pk, "rejected")}
+    client = APIClient()
+    client.force_authenticate(world["staff"])
+    assert client.get(f"{url}{c['t0u1'].pk}/").json()["qa_state"] == "rejected"  # one label, whatever its state
+
+
 # -- who may do what -------------------------------------------------------------------------------------------
 
 ROLES = ["anonymous", "annotator", "other_reviewer", "reviewer", "staff"]

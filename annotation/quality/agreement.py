@@ -1,5 +1,7 @@
-"""A batch's inter-rater agreement, read from the database: SQL aggregates the labels into per-task counts, then
-``annotation.quality.metrics`` computes the statistics on those counts (no Python loop over the labels).
+"""A batch's inter-rater agreement, read from the database: SQL aggregates the labels into per-task counts and
+groups them (``_PATTERNS_SQL``: one row per annotator, own label and task counts, tens to hundreds of rows for a
+100k-label batch), then ``annotation.quality.metrics`` computes the statistics and their bootstrap intervals on
+those distinct rows with their multiplicities (no Python loop over the labels or the tasks).
 
 Counted: labels made here (not imported), not gold checks, not rejected in review, with a strength. With a
 batch overlap of 1 no task has two labels, and the result says so instead of giving a number.
@@ -25,25 +27,21 @@ _SCALE_SQL = """(CASE c.strength WHEN 'significantly_better' THEN 0 WHEN 'better
                  WHEN 'slightly_better' THEN 2 ELSE 3 END)"""
 _SCALE_INDEX = f"(CASE WHEN c.chosen = 'A' THEN {_SCALE_SQL} ELSE 7 - {_SCALE_SQL} END)"
 
-_COUNTS_SQL = f"""
-SELECT c.task_id, {_SCALE_INDEX} AS k, count(*) FROM annotation_comparison c
-WHERE {COUNTED} GROUP BY 1, 2
-"""
+_TASK_COUNTS = ", ".join(f"count(*) FILTER (WHERE k = {k}) AS n{k}" for k in range(8))
+_TASK_COLUMNS = ", ".join(f"t.n{k}" for k in range(8))
 
-# Each label against the choices of the OTHER labels on its task (window counts minus its own).
-_WITH_MAJORITY_SQL = f"""
-SELECT x.annotator_id, u.username, count(*) AS labels,
-       count(*) FILTER (WHERE x.other_a <> x.other_b) AS judged,
-       count(*) FILTER (WHERE (x.chosen = 'A' AND x.other_a > x.other_b)
-                           OR (x.chosen = 'B' AND x.other_b > x.other_a)) AS agreed
-FROM (
-    SELECT c.annotator_id, c.chosen,
-           count(*) FILTER (WHERE c.chosen = 'A') OVER w - (c.chosen = 'A')::int AS other_a,
-           count(*) FILTER (WHERE c.chosen = 'B') OVER w - (c.chosen = 'B')::int AS other_b
-    FROM annotation_comparison c WHERE {COUNTED}
-    WINDOW w AS (PARTITION BY c.task_id)
-) x JOIN {{user_table}} u ON u.id = x.annotator_id
-GROUP BY x.annotator_id, u.username ORDER BY u.username
+# Each label with its own place on the scale and its task's counts (all counted labels of the task, its own
+# included), grouped: one row per annotator, own place and task counts, with how many labels share them. Every
+# statistic is a function of these rows: the batch's tasks are the distinct task counts (a task with m labels
+# comes up m times, once per label), an annotator's tasks are their rows (one label per task and annotator).
+_PATTERNS_SQL = f"""
+WITH labels AS (
+    SELECT c.task_id, c.annotator_id, {_SCALE_INDEX} AS k FROM annotation_comparison c WHERE {COUNTED}
+), tasks AS (
+    SELECT task_id, {_TASK_COUNTS} FROM labels GROUP BY task_id
+)
+SELECT l.annotator_id, l.k, {_TASK_COLUMNS}, count(*) FROM labels l JOIN tasks t USING (task_id)
+GROUP BY l.annotator_id, l.k, {_TASK_COLUMNS}
 """
 
 # Safety ratings: each response of a task is an item rated safe or unsafe.
@@ -67,17 +65,19 @@ def task_majority_share_sql(alias: str = "t") -> str:
                 AND m.qa_state <> 'rejected' AND m.annotator_id IS NOT NULL AND m.strength <> '')"""
 
 
-def label_counts(batch_id: int) -> np.ndarray:
-    """The items x 8 count matrix of the batch's counted labels (one row per task with a label)."""
+def label_patterns(batch_id: int) -> np.ndarray:
+    """``_PATTERNS_SQL``'s rows as a (P, 11) matrix: annotator id, own place on the scale, the task's 8 counts,
+    labels."""
     with connection.cursor() as cursor:
-        cursor.execute(_COUNTS_SQL, {"batch": batch_id})
-        rows = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 3)
-    if rows.shape[0] == 0:
-        return np.zeros((0, len(metrics.SCALE)))
-    _, item = np.unique(rows[:, 0], return_inverse=True)
-    counts = np.zeros((item.max() + 1, len(metrics.SCALE)))
-    np.add.at(counts, (item, rows[:, 1]), rows[:, 2])
-    return counts
+        cursor.execute(_PATTERNS_SQL, {"batch": batch_id})
+        return np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 3 + len(metrics.SCALE))
+
+
+def task_counts(patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's tasks from its label patterns: the distinct items x 8 count rows and how many tasks have each."""
+    rows, inverse = np.unique(patterns[:, 2:10], axis=0, return_inverse=True)
+    labels = np.bincount(inverse.reshape(-1), weights=patterns[:, 10], minlength=len(rows))
+    return rows.astype(float), np.rint(labels / rows.sum(axis=1))
 
 
 def _choice_counts(counts: np.ndarray) -> np.ndarray:
@@ -93,57 +93,81 @@ def _item_buckets(counts: np.ndarray) -> np.ndarray:
     return (cum < half[:, None]).sum(axis=1)
 
 
-def _proportion(agreed: int, judged: int, resamples: int, rng: np.random.Generator) -> dict[str, float | None]:
-    """A share with its bootstrap interval (resampling the labels is drawing binomially)."""
-    if judged == 0:
-        return {"value": None, "low": None, "high": None}
-    p = agreed / judged
-    draws = rng.binomial(judged, p, size=max(resamples, 1)) / judged
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return {"value": p, "low": float(low), "high": float(high)}
+def _with_majority(own: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(successes, trials) of each label against the choices of the OTHER labels on its task: judged where the
+    others have a majority, a success where the label sides with it."""
+    own_a = own < 4
+    choices = _choice_counts(counts)
+    others_a, others_b = choices[:, 0] - own_a, choices[:, 1] - ~own_a
+    judged = others_a != others_b
+    agreed = judged & np.where(own_a, others_a > others_b, others_b > others_a)
+    return np.stack([agreed, judged], axis=1).astype(float)
+
+
+def _statistics(counts: np.ndarray, multiplicity: np.ndarray, resamples: int, seed: int,
+                names=("choice_agreement", "scale_agreement", "alpha", "ac2")) -> dict[str, Any]:
+    """The agreement statistics of a set of tasks (distinct count rows, how many tasks have each), each with
+    its interval from resampling the tasks."""
+    inputs = {"choice_agreement": ("pairwise", _choice_counts(counts)), "scale_agreement": ("pairwise", counts),
+              "alpha": ("alpha", counts), "ac2": ("ac2", counts)}
+    return {name: metrics.interval(inputs[name][0], inputs[name][1], multiplicity=multiplicity,
+                                   resamples=resamples, seed=seed) for name in names}
+
+
+def _per_annotator(patterns: np.ndarray, resamples: int, seed: int) -> list[dict[str, Any]]:
+    """Each annotator's line: agreement with the others' majority, and raw choice agreement, alpha and AC2 over
+    the tasks they labelled (every counted label on those tasks, theirs included), intervals from resampling
+    those tasks."""
+    users = get_user_model()
+    ids = np.unique(patterns[:, 0])
+    names = dict(users.objects.filter(pk__in=ids.tolist()).values_list("pk", users.USERNAME_FIELD))
+    lines = []
+    for annotator_id in ids:
+        mine = patterns[patterns[:, 0] == annotator_id]
+        counts, labels = mine[:, 2:10].astype(float), mine[:, 10].astype(float)
+        majority = _with_majority(mine[:, 1], counts)
+        lines.append({
+            "annotator_id": int(annotator_id), "username": names.get(int(annotator_id), ""),
+            "labels": int(labels.sum()), "judged": int((labels * majority[:, 1]).sum()),
+            "items": int(labels[counts.sum(axis=1) >= 2].sum()),
+            "with_majority": metrics.interval("share", majority, multiplicity=labels, resamples=resamples,
+                                              seed=seed),
+            **_statistics(counts, labels, resamples, seed, names=("choice_agreement", "alpha", "ac2")),
+        })
+    return sorted(lines, key=lambda line: line["username"])
 
 
 def batch_agreement(batch_id: int, *, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The batch's agreement, JSON-ready: raw agreement on the choice, Krippendorff's alpha (ordinal) and Gwet's
-    AC2 (ordinal weights) on the signed 8-point scale, each with a bootstrap interval over tasks; the same per
-    strength bucket; each annotator's agreement with the other annotators' majority choice; and, in safety
-    batches, AC2 on the safe/unsafe ratings of each response."""
+    """The batch's agreement, JSON-ready: raw agreement on the choice and on the signed 8-point scale,
+    Krippendorff's alpha (ordinal) and Gwet's AC2 (ordinal weights) on that scale, each with a bootstrap
+    interval over tasks; the same per strength bucket; per annotator their agreement with the other annotators'
+    majority choice and the statistics over the tasks they labelled; and, in safety batches, AC2 on the
+    safe/unsafe ratings of each response. ``items`` counts the tasks with two labels or more, ``tasks`` every
+    task with a counted label (a task with one label counts in AC2's category shares, as in Gwet's formula)."""
     batch = AnnotationBatch.objects.only("overlap", "focus").get(pk=batch_id)
-    counts = label_counts(batch_id)
-    multi = counts[counts.sum(axis=1) >= 2]
-    result: dict[str, Any] = {"overlap": batch.overlap, "items": int(multi.shape[0]), "labels": int(counts.sum())}
-    if multi.shape[0] == 0:
+    patterns = label_patterns(batch_id)
+    counts, tasks = task_counts(patterns)
+    multi = counts.sum(axis=1) >= 2
+    result: dict[str, Any] = {"overlap": batch.overlap, "items": int(tasks[multi].sum()),
+                              "tasks": int(tasks.sum()), "labels": int(patterns[:, 10].sum())}
+    if not multi.any():
         result["reason"] = (f"overlap {batch.overlap}: no task has two labels yet" if batch.overlap > 1
                             else "overlap 1: no task has two labels")
         return result
-
-    def stat(name, matrix):
-        return metrics.interval(name, matrix, resamples=bootstrap, seed=seed)
-
-    choices = _choice_counts(multi)
-    result["choice_agreement"] = stat("pairwise", choices)
-    result["scale_agreement"] = stat("pairwise", multi)
-    result["alpha"] = stat("alpha", multi)
-    result["ac2"] = stat("ac2", multi)
-    buckets = _item_buckets(multi)
+    result.update(_statistics(counts, tasks, bootstrap, seed))
+    buckets = _item_buckets(counts)
     result["per_bucket"] = [
-        {"bucket": name, "items": int((buckets == b).sum()),
-         "choice_agreement": stat("pairwise", choices[buckets == b]), "ac2": stat("ac2", multi[buckets == b])}
-        for b, name in enumerate(metrics.STRENGTHS) if (buckets == b).any()
+        {"bucket": name, "items": int(tasks[(buckets == b) & multi].sum()),
+         "tasks": int(tasks[buckets == b].sum()),
+         **_statistics(counts[buckets == b], tasks[buckets == b], bootstrap, seed)}
+        for b, name in enumerate(metrics.STRENGTHS) if ((buckets == b) & multi).any()
     ]
-    rng = np.random.default_rng(seed)
-    with connection.cursor() as cursor:
-        user_table = connection.ops.quote_name(get_user_model()._meta.db_table)
-        cursor.execute(_WITH_MAJORITY_SQL.replace("{user_table}", user_table), {"batch": batch_id})
-        result["per_annotator"] = [
-            {"annotator_id": annotator_id, "username": username, "labels": labels, "judged": judged,
-             "with_majority": _proportion(agreed, judged, bootstrap, rng)}
-            for annotator_id, username, labels, judged, agreed in cursor.fetchall()
-        ]
-        if batch.is_safety:
+    result["per_annotator"] = _per_annotator(patterns, bootstrap, seed)
+    if batch.is_safety:
+        with connection.cursor() as cursor:
             cursor.execute(_SAFETY_SQL, {"batch": batch_id})
             rows = np.array(cursor.fetchall(), dtype=float).reshape(-1, 5)
-            safety = np.concatenate([rows[:, 1:3], rows[:, 3:5]])  # one item per response: (safe, unsafe)
-            # Two categories: Gwet's ordinal weights are the identity, AC2 is AC1.
-            result["safety_ac2"] = stat("ac1", safety)
+        safety = np.concatenate([rows[:, 1:3], rows[:, 3:5]])  # one item per response: (safe, unsafe)
+        # Two categories: Gwet's ordinal weights are the identity, AC2 is AC1.
+        result["safety_ac2"] = metrics.interval("ac1", safety, resamples=bootstrap, seed=seed)
     return result

@@ -43,7 +43,9 @@ REFRESH_TASK = "workers.tasks.refresh_quality_dashboard"
 
 
 def _key(what: str, ident: int | str) -> str:
-    return f"quality:snapshot:v2:{what}:{ident}"
+    # The version changes with the snapshot's shape (v3: per-annotator and per-bucket alpha/AC2, Table 6's
+    # dialogues), so that no page reads a snapshot without the fields it shows.
+    return f"quality:snapshot:v3:{what}:{ident}"
 
 
 def _lock_key(what: str, ident: int | str) -> str:
@@ -197,7 +199,8 @@ def batch_dashboard(batch: AnnotationBatch) -> dict[str, Any]:
 
 def annotator_dashboard(batch: AnnotationBatch, annotator) -> dict[str, Any]:
     """One annotator's numbers in a batch (their own snapshot); of the agreement only their own line (agreement
-    with the others' majority), from the batch's snapshot. Fresh when both are."""
+    with the others' majority; choice agreement, alpha and AC2 over their tasks), from the batch's snapshot.
+    Fresh when both are."""
     mine = _snapshot("member", f"{batch.pk}:{annotator.pk}")
     whole = _snapshot("batch", batch.pk)
     data = dict(mine["data"])

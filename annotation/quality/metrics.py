@@ -2,7 +2,9 @@
 
 Every function takes ``counts``, an items x categories matrix: ``counts[i, k]`` is how many annotators put item
 ``i`` in category ``k``, categories in their order (for preference labels the signed 8-point scale of
-``SCALE``). An item counts only when it has at least two ratings (nothing to agree on otherwise).
+``SCALE``). An item counts only when it has at least two ratings (nothing to agree on otherwise), except in
+Gwet's category shares, which take every rated item as Gwet and irrCAC do. ``interval`` and ``bootstrap`` also
+take the distinct rows with how many items have each (``multiplicity``), as a GROUP BY returns them.
 
 * ``krippendorff_alpha(counts, level="ordinal")``: Krippendorff (2011), "Computing Krippendorff's
   Alpha-Reliability", the coincidence-matrix form; the ordinal metric uses the observed marginals, as the
@@ -136,60 +138,78 @@ def gwet_ac2(counts, weights: str = "ordinal") -> float | None:
     counts = np.asarray(counts, dtype=float)
     if not (counts.sum(axis=1) >= 2).any():
         return None
-    return _once(lambda c: _ac2_terms(c, weights), lambda sums, q: _ac2_finish(sums, q, weights), counts,
-                 keep_single=True)
+    return _once(lambda c: _ac2_terms(c, weights), lambda sums, q: _ac2_finish(sums, q, weights), counts, 1)
 
 
-def _checked(counts, keep_single: bool = False) -> np.ndarray:
+def _checked(counts, min_ratings: int = 2, multiplicity=None) -> tuple[np.ndarray, np.ndarray]:
+    """The items with at least ``min_ratings`` ratings, and how many times each is counted (1 unless
+    ``multiplicity`` gives it: a matrix of distinct rows with their numbers of items)."""
     counts = np.asarray(counts, dtype=float)
     if counts.ndim != 2:
         raise ValueError(f"counts must be an items x categories matrix; got shape {counts.shape}")
     if (counts < 0).any():
         raise ValueError("counts must not be negative")
-    return counts[counts.sum(axis=1) >= (1 if keep_single else 2)]
+    multiplicity = (np.ones(len(counts)) if multiplicity is None
+                    else np.asarray(multiplicity, dtype=float).reshape(len(counts)))
+    keep = (counts.sum(axis=1) >= min_ratings) & (multiplicity > 0)
+    return counts[keep], multiplicity[keep]
 
 
-def _once(terms, finish, counts, keep_single: bool = False) -> float | None:
-    counts = _checked(counts, keep_single)
-    if not (counts.sum(axis=1) >= 2).any():
+def _once(terms, finish, counts, min_ratings: int = 2, multiplicity=None) -> float | None:
+    counts, multiplicity = _checked(counts, min_ratings, multiplicity)
+    if counts.shape[0] == 0:
         return None
-    value = finish(terms(counts).sum(axis=0, keepdims=True), counts.shape[1])[0]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a statistic with nothing to agree on is NaN: None
+        value = finish((multiplicity[:, None] * terms(counts)).sum(axis=0, keepdims=True), counts.shape[1])[0]
     return None if np.isnan(value) else float(value)
 
 
+def _share_terms(counts: np.ndarray) -> np.ndarray:
+    return counts
+
+
 _STATISTICS = {
-    # name: (terms, finish, keeps items with a single rating)
-    "pairwise": (_pairwise_terms, _pairwise_finish, False),
-    "alpha": (_alpha_terms, lambda s, q: _alpha_finish(s, q, "ordinal"), False),
-    "alpha_nominal": (_alpha_terms, lambda s, q: _alpha_finish(s, q, "nominal"), False),
-    "ac2": (lambda c: _ac2_terms(c, "ordinal"), lambda s, q: _ac2_finish(s, q, "ordinal"), True),
-    "ac1": (lambda c: _ac2_terms(c, "identity"), lambda s, q: _ac2_finish(s, q, "identity"), True),
+    # name: (terms, finish, the ratings an item needs to count). An item of AC1/AC2 with a single rating counts
+    # in the category shares (pi_k), as in Gwet's formula and irrCAC; its percent agreement skips it.
+    "pairwise": (_pairwise_terms, _pairwise_finish, 2),
+    "alpha": (_alpha_terms, lambda s, q: _alpha_finish(s, q, "ordinal"), 2),
+    "alpha_nominal": (_alpha_terms, lambda s, q: _alpha_finish(s, q, "nominal"), 2),
+    "ac2": (lambda c: _ac2_terms(c, "ordinal"), lambda s, q: _ac2_finish(s, q, "ordinal"), 1),
+    "ac1": (lambda c: _ac2_terms(c, "identity"), lambda s, q: _ac2_finish(s, q, "identity"), 1),
+    # Not a count matrix: items x (successes, trials), e.g. a label agreeing with the others' majority (1, 1),
+    # against it (0, 1); the share of successes. Items with no trial are left out.
+    "share": (_share_terms, _pairwise_finish, 1),
 }
 
 
-def bootstrap(statistic: str, counts, *, resamples: int = 1000, seed: int = 0,
+def bootstrap(statistic: str, counts, *, multiplicity=None, resamples: int = 1000, seed: int = 0,
               level: float = 0.95) -> tuple[float, float] | tuple[None, None]:
     """A percentile interval for a statistic (a name of ``_STATISTICS``: pairwise, alpha, alpha_nominal, ac2,
-    ac1) by resampling the items with replacement, seeded. All resamples are computed together: each is a
-    vector of item weights, and the statistic's item terms are summed with them.
+    ac1, share) by resampling the items with replacement, seeded. All resamples are computed together: each is
+    a vector of item weights, and the statistic's item terms are summed with them. ``multiplicity`` (optional):
+    ``counts`` holds distinct rows, ``multiplicity[i]`` items with row ``i`` (what SQL's GROUP BY gives); the
+    interval is the same as for the items listed one by one.
 
     The items are first grouped into their distinct rows (a batch of 33k tasks with three labels on eight
     categories has at most 120 distinct rows): drawing N items uniformly with replacement is drawing how many
     times each distinct row comes up, Multinomial(N, multiplicity / N), so the resamples are exact and cost
     (resamples x distinct rows), not (resamples x items). Resamples where the statistic is undefined are left
     out."""
-    terms, finish, keep_single = _STATISTICS[statistic]
-    counts = _checked(counts, keep_single)
-    if counts.shape[0] < 2 or resamples < 1:
+    terms, finish, min_ratings = _STATISTICS[statistic]
+    counts, multiplicity = _checked(counts, min_ratings, multiplicity)
+    n = int(round(multiplicity.sum()))
+    if n < 2 or resamples < 1:
         return (None, None)
-    rows, multiplicity = np.unique(counts, axis=0, return_counts=True)
+    rows, inverse = np.unique(counts, axis=0, return_inverse=True)
+    multiplicity = np.bincount(inverse.reshape(-1), weights=multiplicity, minlength=len(rows))
     row_terms = terms(rows)  # (U, K)
     rng = np.random.default_rng(seed)
     values = []
-    for start in range(0, resamples, 256):
-        size = min(256, resamples - start)
-        weights = rng.multinomial(counts.shape[0], multiplicity / counts.shape[0], size=size).astype(float)  # (R, U)
-        values.append(finish(weights @ row_terms, counts.shape[1]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for start in range(0, resamples, 256):
+            size = min(256, resamples - start)
+            weights = rng.multinomial(n, multiplicity / n, size=size).astype(float)  # (R, U)
+            values.append(finish(weights @ row_terms, counts.shape[1]))
     values = np.concatenate(values)
     values = values[~np.isnan(values)]
     if values.size == 0:
@@ -199,9 +219,12 @@ def bootstrap(statistic: str, counts, *, resamples: int = 1000, seed: int = 0,
     return (float(low), float(high))
 
 
-def interval(statistic: str, counts, *, resamples: int = 1000, seed: int = 0) -> dict[str, float | None]:
-    """``{"value", "low", "high"}``: the statistic (a name of ``_STATISTICS``) and its bootstrap interval."""
-    terms, finish, keep_single = _STATISTICS[statistic]
-    value = _once(terms, finish, counts, keep_single)
-    low, high = bootstrap(statistic, counts, resamples=resamples, seed=seed) if value is not None else (None, None)
+def interval(statistic: str, counts, *, multiplicity=None, resamples: int = 1000,
+             seed: int = 0) -> dict[str, float | None]:
+    """``{"value", "low", "high"}``: the statistic (a name of ``_STATISTICS``) and its bootstrap interval;
+    ``multiplicity`` as for ``bootstrap``."""
+    terms, finish, min_ratings = _STATISTICS[statistic]
+    value = _once(terms, finish, counts, min_ratings, multiplicity)
+    low, high = ((None, None) if value is None
+                 else bootstrap(statistic, counts, multiplicity=multiplicity, resamples=resamples, seed=seed))
     return {"value": value, "low": low, "high": high}

@@ -5,8 +5,10 @@ Counted labels: gold checks (``is_gold``) only count for gold accuracy; rejected
 out of everything. Position bias is the share of choices of the response shown on the left (the stored slot
 read through the task's shown order: 'AB' puts slot A on the left).
 
-Table 6/26 statistics (Llama 2, Touvron et al. 2023): turns per dialogue are the user turns shown with the pair
-(the context ends on a user turn); the prompt is that last user turn; a response's tokens are its
+Table 6/26 statistics (Llama 2, Touvron et al. 2023): turns per dialogue are counted per distinct dialogue with a
+counted comparison in the batch, as its user turns up to its last compared one (a dialogue of three turns, each
+compared, counts 3 once, not 1, 2 and 3 per label); the other columns are per comparison: the prompt is the last
+user turn shown with the pair (the context ends on one); a response's tokens are its
 ``completion_tokens``; an example is the whole context (``prompt_tokens`` of response A, the rendered prompt)
 plus the mean of the two responses. Where a count was not recorded (imports, old rows) it is estimated as
 characters / 4 (the usual rule of thumb for English with a Llama/GPT tokenizer), so no tokenizer is loaded.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count, Q
 
 from annotation.models import AnnotationBatch, ComparisonTask, PreferenceStrength, SafetyCategory
@@ -68,33 +70,39 @@ WHERE c.batch_id = %(batch)s AND {_COUNTED} AND {_NOT_GOLD} {{annotator}}
 GROUP BY 1 ORDER BY 1 DESC LIMIT {HOURS_SHOWN}
 """
 
-# Per task (weighted by its counted labels): the context's user turns and characters, the last user turn.
+# Per task, weighted by its counted labels: the context's characters, the last user turn, the responses. Turns:
+# per distinct dialogue, the most user turns shown with one of its counted pairs (its user turns up to its last
+# compared one), read in the same pass over the context's turns.
 _TABLE6_SQL = f"""
 WITH per_task AS (
     SELECT c.task_id, count(*) AS n
     FROM annotation_comparison c
     WHERE c.batch_id = %(batch)s AND {_COUNTED} AND {_NOT_GOLD}
     GROUP BY c.task_id
+), shown AS (
+    SELECT p.n, t.dialogue_id, ctx.user_turns,
+           coalesce(ra.prompt_tokens, ctx.chars / {CHARS_PER_TOKEN}) AS context,
+           ctx.last_chars / {CHARS_PER_TOKEN} AS prompt,
+           (coalesce(ra.completion_tokens, char_length(ra.text) / {CHARS_PER_TOKEN})
+            + coalesce(rb.completion_tokens, char_length(rb.text) / {CHARS_PER_TOKEN})) / 2 AS response
+    FROM per_task p
+    JOIN annotation_comparisontask t ON t.id = p.task_id
+    JOIN annotation_response ra ON ra.id = t.response_a_id
+    JOIN annotation_response rb ON rb.id = t.response_b_id
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(char_length(u.content)), 0) AS chars,
+               coalesce(sum(char_length(u.content)) FILTER (WHERE u.index = t.turn_index - 1), 0) AS last_chars,
+               count(*) FILTER (WHERE u.role = 'user') AS user_turns
+        FROM annotation_turn u WHERE u.dialogue_id = t.dialogue_id AND u.index < t.turn_index
+    ) ctx
 )
-SELECT sum(p.n),
-       sum(p.n * ((t.turn_index + 1) / 2))::float / nullif(sum(p.n), 0),
-       sum(p.n * (coalesce(ra.prompt_tokens, ctx.chars / {CHARS_PER_TOKEN})
-                  + (coalesce(ra.completion_tokens, char_length(ra.text) / {CHARS_PER_TOKEN})
-                     + coalesce(rb.completion_tokens, char_length(rb.text) / {CHARS_PER_TOKEN})) / 2))
-           / nullif(sum(p.n), 0),
-       sum(p.n * ctx.last_chars / {CHARS_PER_TOKEN}) / nullif(sum(p.n), 0),
-       sum(p.n * (coalesce(ra.completion_tokens, char_length(ra.text) / {CHARS_PER_TOKEN})
-                  + coalesce(rb.completion_tokens, char_length(rb.text) / {CHARS_PER_TOKEN})) / 2)
-           / nullif(sum(p.n), 0)
-FROM per_task p
-JOIN annotation_comparisontask t ON t.id = p.task_id
-JOIN annotation_response ra ON ra.id = t.response_a_id
-JOIN annotation_response rb ON rb.id = t.response_b_id
-CROSS JOIN LATERAL (
-    SELECT coalesce(sum(char_length(u.content)), 0) AS chars,
-           coalesce(sum(char_length(u.content)) FILTER (WHERE u.index = t.turn_index - 1), 0) AS last_chars
-    FROM annotation_turn u WHERE u.dialogue_id = t.dialogue_id AND u.index < t.turn_index
-) ctx
+SELECT sum(n),
+       (SELECT avg(d.turns)::float FROM (SELECT max(user_turns) AS turns FROM shown GROUP BY dialogue_id) d),
+       (SELECT count(DISTINCT dialogue_id) FROM shown),
+       sum(n * (context + response)) / nullif(sum(n), 0),
+       sum(n * prompt) / nullif(sum(n), 0),
+       sum(n * response) / nullif(sum(n), 0)
+FROM shown
 """
 
 _DRIFT_SQL = f"""
@@ -189,13 +197,17 @@ def fingerprint(batch_id: int | None, annotator_id: int | None = None) -> str:
 
 
 def table6(batch_id: int) -> dict[str, Any]:
-    """Table 6/26's columns for one batch's counted labels (token counts estimated where missing)."""
-    with connection.cursor() as cursor:
+    """Table 6/26's columns for one batch's counted labels (token counts estimated where missing), with the
+    number of distinct dialogues the turns are averaged over."""
+    # JIT off: at 100k labels PostgreSQL spends longer compiling this plan than running it.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL jit = off")
         cursor.execute(_TABLE6_SQL, {"batch": batch_id})
-        n, turns, example, prompt, response = cursor.fetchone()
+        n, turns, dialogues, example, prompt, response = cursor.fetchone()
     as_float = lambda v: round(float(v), 2) if v is not None else None  # noqa: E731
     return {
         "comparisons": int(n or 0),
+        "dialogues": int(dialogues or 0),
         "avg_turns_per_dialogue": as_float(turns),
         "avg_tokens_per_example": as_float(example),
         "avg_tokens_in_prompt": as_float(prompt),

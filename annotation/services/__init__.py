@@ -10,7 +10,7 @@ they never ``.save()`` domain models themselves. One module per job:
 * ``dialogues``: prompt mode and multi-turn continuation;
 * ``pool``: queue-mode pairs, prompt pools and refills;
 * ``enqueue``: sending sampling jobs to the workers;
-* ``gold``: gold checks (marked, built, served);
+* ``gold``: gold checks (marked, built, stocked in the queue);
 * ``flags``: flags on annotators, pauses and lifts.
 """
 
@@ -24,7 +24,7 @@ from annotation.services.assignment import (
 from annotation.services.dialogues import continue_dialogue, retry_generation, start_prompt_task
 from annotation.services.enqueue import GENERATE_TASK, enqueue_generation
 from annotation.services.flags import evaluate_annotator, is_paused, lift_flag
-from annotation.services.gold import build_gold_items, mark_gold, serve_gold
+from annotation.services.gold import GoldStock, build_gold_items, mark_gold
 from annotation.services.labels import LabelInput, ShownLabel, SubmitResult, revise_comparison, submit_comparison
 from annotation.services.pool import (
     PairInput,
@@ -37,7 +37,7 @@ from annotation.services.pool import (
 from annotation.services.simulated import ensure_simulated_annotators
 
 __all__ = [
-    "serve_gold",
+    "GoldStock",
     "mark_gold",
     "lift_flag",
     "is_paused",

@@ -18,7 +18,6 @@ from annotation.models import (
     Assignment,
 )
 from annotation.services.flags import is_paused
-from annotation.services.gold import serve_gold
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +34,27 @@ class LeaseExpired(Exception):
 
 
 # The queue is the batch's ``ready`` tasks without an owner, read through the partial index
-# ``task_queue_open`` in id order: labelled tasks have left it (``complete``), so the rows a claim walks past
+# ``task_queue_open_v3`` in id order: labelled tasks have left it (``complete``), so the rows a claim walks past
 # are only those this annotator skipped or labelled that still await others, and those leased to others.
 # The per-task checks are LATERAL aggregates, two index probes per task row reached: written as NOT EXISTS,
 # the planner turned them into an anti join that reads every label of the batch (90,000 at 100k tasks, 10 ms)
 # to find the first open task.
-_CANDIDATE_SQL = """
+#
+# Gold servings are queue tasks too (``gold.GoldStock`` makes them among the ordinary ones), so that a gold claim
+# is this same statement: for them only (OR evaluates its arms in order, so an ordinary row never pays for it)
+# three more index probes: the item is active, this annotator was never served it (leased, skipped or
+# labelled, in any serving of it), and an ordinary task after it is still in the queue (a serving is not the
+# last work of a batch). OFFSET 0 keeps the planner from hashing the first two (the whole of this
+# annotator's leases, read once a claim reaches a gold row); probed per row, they read the item's few servings.
+_GOLD_SERVABLE = """
+    %(gold_on)s
+    AND EXISTS (SELECT 1 FROM annotation_golditem g WHERE g.id = t.gold_item_id AND g.active OFFSET 0)
+    AND NOT EXISTS (SELECT 1 FROM annotation_comparisontask s JOIN annotation_assignment sa ON sa.task_id = s.id
+                    WHERE s.gold_item_id = t.gold_item_id AND sa.annotator_id = %(user)s OFFSET 0)
+    AND EXISTS (SELECT 1 FROM annotation_comparisontask o WHERE o.batch_id = t.batch_id AND o.status = 'ready'
+                AND o.owner_id IS NULL AND o.gold_item_id IS NULL AND o.id > t.id)"""
+
+_CANDIDATE_SQL = f"""
 SELECT t.id FROM annotation_comparisontask t
 CROSS JOIN LATERAL (
     SELECT count(*) AS labels,
@@ -54,8 +68,9 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE a.annotator_id = %(user)s AND a.status IN ('skipped', 'active')) AS mine
     FROM annotation_assignment a WHERE a.task_id = t.id
 ) la
-WHERE t.batch_id = %(batch)s AND t.status = 'ready' AND t.owner_id IS NULL AND t.gold_item_id IS NULL
+WHERE t.batch_id = %(batch)s AND t.status = 'ready' AND t.owner_id IS NULL
   AND lc.mine_or_imported = 0 AND la.mine = 0 AND lc.labels + la.live < %(overlap)s
+  AND (t.gold_item_id IS NULL OR ({_GOLD_SERVABLE}))
 ORDER BY t.id
 LIMIT 1
 """
@@ -67,10 +82,10 @@ SELECT (SELECT count(*) FROM annotation_comparison c WHERE c.task_id = %(task)s)
 """
 
 # A task takes no more labels once it has an imported label, its author's label (prompt mode: nobody else
-# is offered it), its one label (a gold check's serving), or as many labels as the batch's overlap. One rule,
-# applied in both directions.
+# is offered it), or as many labels as the batch's overlap (a gold serving too, like the tasks around it). One
+# rule, applied in both directions.
 _DONE = """(EXISTS (SELECT 1 FROM annotation_comparison c WHERE c.task_id = t.id
-                    AND (c.annotator_id IS NULL OR c.annotator_id = t.owner_id OR t.gold_item_id IS NOT NULL))
+                    AND (c.annotator_id IS NULL OR c.annotator_id = t.owner_id))
            OR (SELECT count(*) FROM annotation_comparison c WHERE c.task_id = t.id) >= b.overlap)"""
 
 _REFRESH_SQL = f"""
@@ -114,8 +129,8 @@ def _expire_own_leases(user: AbstractBaseUser, now) -> None:
 
 def claim_next_task(user: AbstractBaseUser, batch_id: int, *, wait_seconds: float = 5.0) -> Assignment | None:
     """Lease the next task of the batch to this annotator, or return ``None`` when nothing is left (or when an
-    open flag pauses them in the batch: ``flags.is_paused`` tells the two apart). Where an ordinary task is
-    free, the lease may instead be a gold check's fresh serving (``gold.serve_gold``).
+    open flag pauses them in the batch: ``flags.is_paused`` tells the two apart). The next task may be a gold
+    serving, found and leased by the same statements as any other (``_GOLD_SERVABLE``).
 
     A task qualifies when the annotator has neither labelled nor skipped it and its labels plus live
     leases are below the batch's overlap. Rows are locked with ``FOR UPDATE SKIP LOCKED`` so concurrent
@@ -135,7 +150,8 @@ def claim_next_task(user: AbstractBaseUser, batch_id: int, *, wait_seconds: floa
         now = timezone.now()
         with transaction.atomic():
             _expire_own_leases(user, now)
-            params = {"batch": batch.pk, "user": user.pk, "now": now, "overlap": batch.overlap}
+            params = {"batch": batch.pk, "user": user.pk, "now": now, "overlap": batch.overlap,
+                      "gold_on": batch.gold_rate > 0}
             with connection.cursor() as cursor:
                 cursor.execute(_RESUME_SQL, params)
                 resumed = cursor.fetchone()
@@ -149,9 +165,6 @@ def claim_next_task(user: AbstractBaseUser, batch_id: int, *, wait_seconds: floa
                     if taken < batch.overlap:
                         try:
                             with transaction.atomic():
-                                # A gold check only where an ordinary task is there for this annotator too.
-                                if (gold := serve_gold(user, batch, now)) is not None:
-                                    return gold
                                 expires = now + timedelta(minutes=settings.LADDER_LEASE_MINUTES)
                                 cursor.execute(_LEASE_SQL, {**params, "task": row[0], "expires": expires})
                                 return Assignment(id=cursor.fetchone()[0], task_id=row[0], batch=batch,

@@ -1,22 +1,28 @@
 """Gold checks: pairs with a known answer, marked by an admin or built from the batch (a response against one
-for an unrelated prompt), and their servings. Each serving is a fresh task (its own dialogue, turns and two
-responses copied from the item, a random shown order) leased to one annotator, so that ids, the API and the
-page are those of any other task; it is never in the queue (the claim SQL skips ``gold_item``)."""
+for an unrelated prompt), and their servings.
+
+A serving is a queue task like any other (its own dialogue, turns and two responses copied from the item, a
+random shown order, the batch's overlap of labels), made together with the ordinary tasks of a refill or an
+import and interleaved with them at the batch's gold rate (``GoldStock``). Among a refill's pairs, which wait
+for the sampling workers, it waits too (``generating``, without responses) and turns ready with the first pair
+after it that is stored, its responses written in the same statement as that pair's (``responses_due``). So its
+ids (task, dialogue, responses) sit in the same sequences as its neighbours', the queue reaches it in id order
+like them, and its claim is the ordinary claim: the same statements, nothing written but the lease. The claim
+SQL (``assignment``) serves it only to an annotator never served that item, while the item is active and an
+ordinary task after it is in the queue."""
 
 from __future__ import annotations
 
+import math
 import random
-from datetime import timedelta
 
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Count, Q
 
 from annotation.models import (
     AnnotationBatch,
-    Assignment,
     ComparisonTask,
     Dialogue,
     GoldItem,
@@ -24,7 +30,7 @@ from annotation.models import (
     Turn,
 )
 
-# The draw of "serve a gold check now?" and of a serving's shown order. Tests force it with gold_rate 0 or 1.
+# The draws of "a serving here?" and of a serving's shown order at a refill (imports pass their seeded one).
 _rng = random.Random()
 
 
@@ -89,29 +95,72 @@ def build_gold_items(batch: AnnotationBatch, n: int, seed: int = 0) -> list[Gold
     return GoldItem.objects.bulk_create(items)
 
 
-def serve_gold(user: AbstractBaseUser, batch: AnnotationBatch, now) -> Assignment | None:
-    """Inside a claim that found an ordinary task for this annotator (so the queue is not empty): with
-    probability ``batch.gold_rate``, serve an active gold item they were never served as a fresh task leased to
-    them. Returns the lease, or None to lease the ordinary task. One read and five inserts."""
-    if batch.gold_rate <= 0 or _rng.random() >= batch.gold_rate:
-        return None
-    served = Assignment.objects.filter(annotator=user, task__gold_item=OuterRef("pk"))
-    item = (GoldItem.objects.filter(batch=batch, active=True).exclude(Exists(served))
-            .order_by("id").first())
-    if item is None:
-        return None
+class GoldStock:
+    """The gold servings to interleave with the ordinary queue tasks a refill or an import is about to create:
+    call ``before_next_task()`` before creating each one. Before each ordinary task come k servings with
+    P(k) = (1 - r) r^k (r the batch's gold rate), so that servings are a share r of the queue's tasks (each takes
+    the batch's overlap of labels, like its neighbours). Each active item is stocked until it has one serving
+    per ``overlap`` annotators of the batch (at least one), so that every annotator can meet it once; annotators
+    added later raise that at the next refill. A rate of 1 stocks every item's servings before the next task."""
+
+    def __init__(self, batch: AnnotationBatch, rng: random.Random | None = None):
+        self.batch, self.rng = batch, rng or _rng
+        self.left: dict[GoldItem, int] = {}
+        if batch.gold_rate <= 0:
+            return
+        items = list(GoldItem.objects.filter(batch=batch, active=True).annotate(stocked=Count("servings"))
+                     .order_by("id"))
+        if items:
+            per_item = max(1, math.ceil(batch.annotators.count() / max(1, batch.overlap)))
+            self.left = {item: per_item - item.stocked for item in items if item.stocked < per_item}
+
+    def before_next_task(self, *, sampled: bool = False) -> list[ComparisonTask]:
+        """The servings due before the next ordinary task; ``sampled``: that task waits for the sampling
+        workers, and so do they."""
+        made = []
+        while self.left and self.rng.random() < self.batch.gold_rate:
+            item = max(self.left, key=lambda i: (self.left[i], -i.pk))  # the item least stocked so far
+            made.append(_create_serving(self.batch, item, self.rng, waiting=sampled))
+            self.left[item] -= 1
+            if not self.left[item]:
+                del self.left[item]
+        return made
+
+
+def _create_serving(batch: AnnotationBatch, item: GoldItem, rng: random.Random, *, waiting: bool) -> ComparisonTask:
     # The dialogue's source is not shown to annotators (API or page); "gold" tells admins what it is.
     dialogue = Dialogue.objects.create(batch=batch, source="gold", is_safety=batch.is_safety)
     Turn.objects.bulk_create(Turn(dialogue=dialogue, index=i, role=m["role"], content=m["content"])
                              for i, m in enumerate(item.messages))
     k = len(item.messages)
-    a, b = Response.objects.bulk_create([
-        Response(dialogue=dialogue, turn_index=k, slot="A", text=item.response_a),
-        Response(dialogue=dialogue, turn_index=k, slot="B", text=item.response_b),
-    ])
-    task = ComparisonTask.objects.create(
-        batch=batch, dialogue=dialogue, turn_index=k, response_a=a, response_b=b, gold_item=item,
-        shown_order=_rng.choice(ComparisonTask.Order.values), status=ComparisonTask.Status.READY,
-    )
-    return Assignment.objects.create(task=task, batch=batch, annotator=user, leased_at=now,
-                                     expires_at=now + timedelta(minutes=settings.LADDER_LEASE_MINUTES))
+    task = ComparisonTask(batch=batch, dialogue=dialogue, turn_index=k, gold_item=item,
+                          shown_order=rng.choice(ComparisonTask.Order.values),
+                          status=ComparisonTask.Status.GENERATING if waiting else ComparisonTask.Status.READY)
+    if not waiting:
+        task.response_a, task.response_b = Response.objects.bulk_create(_responses(task))
+    task.save(force_insert=True)
+    return task
+
+
+def _responses(serving: ComparisonTask) -> list[Response]:
+    item = serving.gold_item
+    return [Response(dialogue_id=serving.dialogue_id, turn_index=serving.turn_index, slot="A", text=item.response_a),
+            Response(dialogue_id=serving.dialogue_id, turn_index=serving.turn_index, slot="B", text=item.response_b)]
+
+
+def responses_due(stored: list[ComparisonTask]) -> tuple[list[ComparisonTask], dict[int, list[Response]]]:
+    """Inside the transaction that stores the sampled pairs ``stored``: the waiting servings stocked before them
+    (a lower id in the same batch), locked, and their responses to write in task id order with the pairs'. Those
+    another worker is storing just now are skipped: that worker turns them ready."""
+    latest: dict[int, int] = {}
+    for task in (t for t in stored if t.owner_id is None):  # queue pairs (a prompt-mode task is no neighbour)
+        latest[task.batch_id] = max(task.pk, latest.get(task.batch_id, 0))
+    if not latest:
+        return [], {}
+    before = Q()
+    for batch_id, task_id in latest.items():
+        before |= Q(batch_id=batch_id, pk__lt=task_id)
+    servings = list(ComparisonTask.objects.select_for_update(skip_locked=True, of=("self",))
+                    .filter(before, gold_item__isnull=False, status=ComparisonTask.Status.GENERATING)
+                    .select_related("gold_item").order_by("id"))
+    return servings, {s.pk: _responses(s) for s in servings}

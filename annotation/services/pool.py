@@ -25,6 +25,7 @@ from annotation.models import (
 from annotation.pair_setting import pair_setting_problem
 from annotation.services.dialogues import validate_prompt
 from annotation.services.enqueue import enqueue_generation
+from annotation.services.gold import GoldStock
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +45,18 @@ class PairInput:
 
 
 def create_queue_pairs(batch: AnnotationBatch, pairs: list[PairInput], *, seed: int = 0) -> list[ComparisonTask]:
-    """Create ready-to-label tasks from existing response pairs, all or nothing."""
+    """Create ready-to-label tasks from existing response pairs, all or nothing; returns them (without the gold
+    servings stocked among them, ``GoldStock``)."""
     rng = random.Random(seed)
     created = []
     with transaction.atomic():
+        stock = GoldStock(batch, rng)
         for n, pair in enumerate(pairs, start=1):
             if not pair.turns or pair.turns[-1][0] != Turn.Role.USER:
                 raise ValidationError(f"Pair {n}: the dialogue must end with a user turn.")
             if not pair.response_a.strip() or not pair.response_b.strip():
                 raise ValidationError(f"Pair {n}: both responses need text.")
+            stock.before_next_task()
             dialogue = Dialogue.objects.create(
                 batch=batch, source=pair.source, is_safety=pair.is_safety, risk_category=pair.risk_category
             )
@@ -95,7 +99,8 @@ def add_prompts(batch: AnnotationBatch, prompts: list[dict], *, source: str) -> 
 
 def refill_queue(batch_id: int, *, enqueue: bool = True) -> list[ComparisonTask]:
     """Keep at least ``batch.min_ready_pairs`` unlabelled queue pairs ready or on their way, turning
-    unused pool prompts into tasks. The batch row lock keeps two refills from overshooting."""
+    unused pool prompts into tasks (gold servings stocked among them, ``GoldStock``, and not counted). The batch
+    row lock keeps two refills from overshooting. Returns the new pairs."""
     with transaction.atomic():
         batch = AnnotationBatch.objects.select_for_update().get(pk=batch_id)
         if batch.status != AnnotationBatch.Status.OPEN:
@@ -106,14 +111,17 @@ def refill_queue(batch_id: int, *, enqueue: bool = True) -> list[ComparisonTask]
             return []
         # Unlabelled means open: a task that reached its overlap is complete and no longer counts.
         pending = ComparisonTask.objects.filter(
-            batch=batch, owner__isnull=True, status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.GENERATING]
+            batch=batch, owner__isnull=True, gold_item__isnull=True,
+            status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.GENERATING],
         ).count()
         missing = batch.min_ready_pairs - pending
         if missing <= 0:
             return []
         prompts = list(Prompt.objects.filter(batch=batch).exclude(dialogues__batch=batch).order_by("id")[:missing])
         tasks = []
+        stock = GoldStock(batch)
         for prompt in prompts:
+            stock.before_next_task(sampled=True)
             dialogue = Dialogue.objects.create(batch=batch, source=prompt.source, is_safety=prompt.is_safety,
                                                risk_category=prompt.risk_category, prompt=prompt)
             Turn.objects.bulk_create(
@@ -147,7 +155,8 @@ def requeue_stalled_generation(older_than_seconds: int | None = None) -> int:
 
     now = timezone.now()
     resend = settings.LADDER_SAMPLING_RESEND_SECONDS if older_than_seconds is None else older_than_seconds
-    generating = ComparisonTask.objects.filter(status=ComparisonTask.Status.GENERATING)
+    # Gold servings wait for the pairs sampled around them (``gold.responses_due``): no job of their own.
+    generating = ComparisonTask.objects.filter(status=ComparisonTask.Status.GENERATING, gold_item__isnull=True)
     with transaction.atomic():
         lapsed = list(
             generating.filter(sampling_claimed_until__lt=now)
