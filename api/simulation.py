@@ -14,8 +14,10 @@ submit, what was sent and the comparison acknowledged.
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
+import socket
 import statistics
 import threading
 import time
@@ -23,9 +25,9 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
-import requests
 
 from models_core.gold import Gold
 from models_core.raters import (  # noqa: F401 - the profiles are part of this module's API
@@ -72,6 +74,66 @@ class RunLog:
 RETRY_STATUSES = {500, 502, 503, 504}
 
 
+class Reply:
+    """What a request returned: the status, the headers and the body."""
+
+    def __init__(self, status_code: int, headers: http.client.HTTPMessage, body: bytes):
+        self.status_code, self.headers, self.content = status_code, headers, body
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content) if self.content else None
+
+
+class Client:
+    """One annotator's keep-alive HTTP/1.1 connection to the server (``http.client``: 0.5 ms of CPU per request
+    against 1.7 ms with ``requests``, which matters when 200 of them share two cores with the server they measure); it
+    reconnects after an error. Raises ``OSError`` or ``http.client.HTTPException`` when a request fails."""
+
+    def __init__(self, base_url: str, token: str, timeout: float):
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base URL {base_url!r} is not http(s)://host[:port]")
+        self.https, self.host, self.port = parts.scheme == "https", parts.hostname, parts.port
+        self.prefix, self.timeout = parts.path.rstrip("/"), timeout
+        self.headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
+        self.connection: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        connection = kind(self.host, self.port, timeout=self.timeout)
+        connection.connect()
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection
+
+    def request(self, method: str, path: str, *, json_body: Any = None) -> Reply:
+        headers = dict(self.headers)
+        body = None
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            if self.connection is None:
+                self.connection = self._connect()
+            self.connection.request(method, self.prefix + path, body=body, headers=headers)
+            response = self.connection.getresponse()
+            reply = Reply(response.status, response.headers, response.read())
+            if response.will_close:
+                self.close()
+            return reply
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
 class SimulatedAnnotator(threading.Thread):
     def __init__(self, *, username: str, token: str, base_url: str, batches: dict[int, bool], gold: Gold,
                  profile: Profile, think: float, deadline: float, log: RunLog, seed: int,
@@ -81,15 +143,14 @@ class SimulatedAnnotator(threading.Thread):
         self.batches = dict(batches)  # batch id -> is a safety batch
         self.think, self.deadline, self.log, self.rng = think, deadline, log, random.Random(seed)
         self.max_retries, self.timeout = max_retries, timeout
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
+        self.client = Client(self.base_url, token, timeout)
 
     # -- one request, logged --------------------------------------------------------------------------------
-    def _request(self, action: str, method: str, path: str, **kwargs) -> requests.Response | None:
+    def _request(self, action: str, method: str, path: str, json_body: Any = None) -> Reply | None:
         started = time.perf_counter()
         try:
-            response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
-        except requests.RequestException as exc:
+            response = self.client.request(method, path, json_body=json_body)
+        except (OSError, http.client.HTTPException) as exc:
             self.log.add(annotator=self.username, action=action, path=path, status=None,
                          ms=(time.perf_counter() - started) * 1000, error=type(exc).__name__, t=time.time())
             return None
@@ -111,6 +172,12 @@ class SimulatedAnnotator(threading.Thread):
 
     # -- the annotator's loop ---------------------------------------------------------------------------------
     def run(self) -> None:
+        try:
+            self._annotate()
+        finally:
+            self.client.close()
+
+    def _annotate(self) -> None:
         if self.think > 0:  # people arrive over a think time, not all in the same millisecond
             self._pause(self.rng.uniform(0, self.think))
         while time.monotonic() < self.deadline and self.batches:
@@ -148,7 +215,7 @@ class SimulatedAnnotator(threading.Thread):
         body = {**label, "idempotency_key": key}
         acknowledged = status = None
         for attempt in range(1, self.max_retries + 2):
-            response = self._request("submit", "POST", f"/api/v1/tasks/{task['id']}/comparison/", json=body)
+            response = self._request("submit", "POST", f"/api/v1/tasks/{task['id']}/comparison/", json_body=body)
             if response is not None and response.status_code not in RETRY_STATUSES:
                 status = response.status_code
                 acknowledged = response.json().get("id") if status in (200, 201) else None

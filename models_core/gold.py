@@ -52,8 +52,11 @@ REFUSALS = ("i can't", "i cannot", "i can not", "i won't", "i will not", "i'm no
 TARGET_WORDS = 60
 LENGTH_WIDTH = 40.0
 # Gold gaps at or above these are "significantly better", "better", "slightly better"; below the last,
-# "negligibly better / unsure".
-STRENGTH_GAPS = (1.0, 0.5, 0.2)
+# "negligibly better / unsure". Fitted to the paper's strength shares (Fig. 25: about 15% significantly better and
+# 35% negligibly better in the early batches) on SmolLM2-135M-Instruct's 40-token answers to the demo's held-out
+# prompts (185 answer pairs of four versions: 35th, 60th and 85th percentiles of the gap 0.11, 0.31 and 0.50);
+# (1.0, 0.5, 0.2) left "significantly better" to 1% of the pairs.
+STRENGTH_GAPS = (0.5, 0.3, 0.1)
 STRENGTHS = ("significantly_better", "better", "slightly_better", "negligibly_better")
 
 _WORD = re.compile(r"[a-z0-9']+")

@@ -118,6 +118,22 @@ def _optimizer(model: torch.nn.Module, config: SFTConfig) -> torch.optim.Optimiz
                  weight_decay=config.weight_decay)
 
 
+def _response_logits(model: Any, input_ids: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next-token logits at the positions that predict a response token, and those tokens. The output layer
+    runs on those positions only (a prompt is often most of the sequence, and the output layer of a 49k-token
+    vocabulary is about a fifth of a small model's work per token); models without a separate decoder get the
+    full logits, shifted."""
+    targets = labels[:, 1:]  # (B, T-1): token t+1 is predicted at position t
+    keep = targets != IGNORE  # (B, T-1)
+    decoder, head = getattr(model, "get_decoder", lambda: None)(), model.get_output_embeddings()
+    if decoder is None or head is None:
+        logits = model(input_ids=input_ids, attention_mask=attention).logits  # (B, T, V)
+        return logits[:, :-1][keep], targets[keep]
+    hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (B, T, H)
+    return head(hidden[:, :-1][keep]), targets[keep]  # (N, V), (N,)
+
+
 def train_sft(policy_path: str | Path, examples: Sequence[SFTExample], config: SFTConfig, output_dir: str | Path, *,
               progress: Callable[[dict], None] | None = None, resume: bool = True,
               stop_after_step: int | None = None) -> SFTResult:
@@ -183,10 +199,8 @@ def train_sft(policy_path: str | Path, examples: Sequence[SFTExample], config: S
                 attention[row, :len(ids)] = 1
             input_ids, labels, attention = input_ids.to(device), labels.to(device), attention.to(device)
             with autocast:
-                logits = model(input_ids=input_ids, attention_mask=attention).logits  # (B, T, V)
-            shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # (B*(T-1), V)
-            targets = labels[:, 1:].reshape(-1)  # (B*(T-1),)
-            loss = torch.nn.functional.cross_entropy(shifted, targets, ignore_index=IGNORE, reduction="sum")
+                logits, targets = _response_logits(model, input_ids, attention, labels)  # (N, V), (N,)
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
             (loss / max(1, tokens_in_step)).backward()
             step_loss += loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)

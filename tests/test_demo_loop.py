@@ -20,7 +20,8 @@ def summary_gold(tmp_path, version: str) -> list[float]:
 # Careful annotators only: at this size a noisy or careless share decides whether one round's reward model is
 # better than chance (the whole demo keeps the mixed profiles).
 SMALL = {"rounds": 1, "helpfulness_pairs": 20, "safety_pairs": 2, "eval_prompts": 16, "max_new_tokens": 40,
-         "rs_prompts": 10, "samples_per_prompt": 6, "annotators": 5, "annotator_mix": "careful=1"}
+         "rs_prompts": 10, "samples_per_prompt": 6, "annotators": 5, "annotator_mix": "careful=1",
+         "sft_epochs": 3.0, "heldout_share": 0.3}
 
 
 def test_one_round_of_the_loop_raises_the_gold_reward_on_held_out_prompts(tmp_path, settings, smollm2_dir):

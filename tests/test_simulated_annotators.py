@@ -49,7 +49,7 @@ def test_bradley_terry_and_strength_from_the_gap():
     assert gold.preference_probability(1.0, 1.0, 0.3) == 0.5
     assert gold.preference_probability(1.3, 1.0, 0.3) == pytest.approx(1 / (1 + math.exp(-1)))
     assert gold.preference_probability(-800, 0, 1.0) == pytest.approx(0.0)  # no overflow
-    assert [gold.strength_of(g) for g in (1.2, -0.6, 0.25, 0.05)] == [
+    assert [gold.strength_of(g) for g in (0.6, -0.4, 0.15, 0.05)] == [
         "significantly_better", "better", "slightly_better", "negligibly_better"]
 
 
