@@ -2,19 +2,73 @@
 
 knox's own ``TokenAuthentication`` reads every token of the caller on every request to delete their expired
 ones (``_cleanup_token``): two queries per request, the second growing with the tokens a user holds. Here a
-request reads only the tokens with the presented key prefix (with their user); an expired one is deleted
-when presented, and ``delete_expired_tokens`` (the ``expire_leases`` beat job) removes the rest.
+request reads only the tokens with the presented key prefix, with their user, in one plain statement (built by
+the ORM, the query took longer to compile than to run, on every API request); an expired one is deleted when
+presented, and ``delete_expired_tokens`` (the ``expire_leases`` beat job) removes the rest. What is checked is
+knox's: the digest compared in constant time, an inactive user refused, expiry renewed when ``AUTO_REFRESH``.
 """
 
 from __future__ import annotations
 
+import binascii
+from hmac import compare_digest
+
+from django.contrib.auth import get_user_model
+from django.db import connection
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
 from knox.auth import TokenAuthentication as KnoxTokenAuthentication
+from knox.crypto import hash_token
 from knox.models import AuthToken
+from knox.settings import CONSTANTS, knox_settings
+from rest_framework import exceptions
+
+_TOKEN_FIELDS = AuthToken._meta.concrete_fields
+_TOKEN_SQL = None  # built on first use (the user model is known once the apps are ready)
+
+
+def _token_sql() -> str:
+    global _TOKEN_SQL
+    if _TOKEN_SQL is None:
+        user = get_user_model()._meta
+        columns = [f't."{f.column}"' for f in _TOKEN_FIELDS] + [f'u."{f.column}"' for f in user.concrete_fields]
+        _TOKEN_SQL = (f'SELECT {", ".join(columns)} FROM "{AuthToken._meta.db_table}" t '
+                      f'JOIN "{user.db_table}" u ON u."{user.pk.column}" = t."user_id" WHERE t."token_key" = %s')
+    return _TOKEN_SQL
+
+
+def _tokens_with_users(token_key: str) -> list[AuthToken]:
+    User = get_user_model()
+    user_names = [f.attname for f in User._meta.concrete_fields]
+    with connection.cursor() as cursor:
+        cursor.execute(_token_sql(), [token_key])
+        rows = cursor.fetchall()
+    found, split = [], len(_TOKEN_FIELDS)
+    for row in rows:
+        auth_token = AuthToken.from_db(connection.alias, [f.attname for f in _TOKEN_FIELDS], row[:split])
+        auth_token.user = User.from_db(connection.alias, user_names, row[split:])
+        found.append(auth_token)
+    return found
 
 
 class TokenAuthentication(KnoxTokenAuthentication):
+    def authenticate_credentials(self, token):
+        """knox's check, on the tokens read by ``_tokens_with_users``."""
+        token = token.decode("utf-8")
+        for auth_token in _tokens_with_users(token[:CONSTANTS.TOKEN_KEY_LENGTH]):
+            if self._cleanup_token(auth_token):
+                continue
+            try:
+                digest = hash_token(token)
+            except (TypeError, binascii.Error):
+                raise exceptions.AuthenticationFailed(_("Invalid token.")) from None
+            if compare_digest(digest, auth_token.digest):
+                if knox_settings.AUTO_REFRESH and auth_token.expiry:
+                    self.renew_token(auth_token)
+                return self.validate_user(auth_token)
+        raise exceptions.AuthenticationFailed(_("Invalid token."))
+
     def _cleanup_token(self, auth_token) -> bool:
         """True (skip it) when this token has expired; it is deleted."""
         if auth_token.expiry is not None and auth_token.expiry < timezone.now():

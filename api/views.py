@@ -48,6 +48,7 @@ from api.serializers import (
     ScoreInputSerializer,
     ScoreResultSerializer,
     TaskSerializer,
+    comparison_data,
     task_data,
 )
 from rlhf import exports, reward_scoring, rounds
@@ -152,7 +153,7 @@ def submit_comparison(request: Request, task_id: int) -> Response:
             raise
         is_safety = selectors.get_task_for_annotator(request.user, task_id).batch.is_safety
         raise _label_errors_in_api_terms(exc, data, is_safety) from exc
-    return Response(ComparisonSerializer(result.comparison).data,
+    return Response(comparison_data(result.comparison),
                     status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 

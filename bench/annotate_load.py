@@ -312,7 +312,8 @@ def baseline(db_url: str, batch, user_ids: list[int], seconds: float, connection
         from datetime import UTC, datetime
 
         now = datetime.now(UTC)
-        p = {"batch": batch.pk, "user": user, "now": now, "overlap": batch.overlap}
+        p = {"batch": batch.pk, "user": user, "now": now, "overlap": batch.overlap,
+             "gold_on": batch.gold_rate > 0}
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(_BATCH_SQL, p)
             cur.fetchone()

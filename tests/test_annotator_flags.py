@@ -139,9 +139,10 @@ def test_the_celery_task_evaluates_and_the_submit_schedules_it_every_fifth_label
             comparison = services.submit_comparison(other, lease.task_id, label).comparison
         scheduled.append((comparison.is_gold, len(callbacks)))
     count = 0
-    for is_gold, n in scheduled:
+    for _, n in scheduled:
         count += 1
-        assert n == (1 if is_gold or count % 5 == 0 else 0)
+        assert n == (1 if count % 5 == 0 else 0)  # gold answers schedule nothing more than other labels
+    assert any(is_gold for is_gold, _ in scheduled)
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 1), (3, 10), (5, 10), (20, 20), (31, 40), (480, 1000), (12, 100)])

@@ -216,7 +216,8 @@ def table6(batch_id: int) -> dict[str, Any]:
 
 
 def progress(batch: AnnotationBatch) -> dict[str, Any]:
-    """Queue pairs (as the workspace counts them: no gold items, no prompt-mode tasks) and the complete ones."""
+    """Queue pairs (no gold servings, no prompt-mode tasks) and the complete ones. The annotators' workspace counts
+    gold servings too, so that a gold label moves an annotator's numbers as any other label does."""
     counts = ComparisonTask.objects.filter(
         batch=batch, owner__isnull=True, gold_item__isnull=True,
         status__in=[ComparisonTask.Status.READY, ComparisonTask.Status.COMPLETE],

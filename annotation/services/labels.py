@@ -204,8 +204,9 @@ def _record_label(user, task, label, category, assignment, now, idempotency_key)
     # In this transaction and under the task's row lock: the label that fills the task takes it out of the
     # queue, so no claim ever scans a task that has all its labels.
     refresh_completion(task_ids=[task.pk])
-    # The quality rules are judged on every gold answer and every 5th label, off the request.
-    if is_gold or _labels_in_batch(user.pk, task.batch_id) % 5 == 0:
+    # The quality rules are judged every 5th label (gold answers counted like the rest, so that a gold submit
+    # costs no more than another and its timing tells nothing), off the request.
+    if _labels_in_batch(user.pk, task.batch_id) % 5 == 0:
         user_id, batch_id = user.pk, task.batch_id
         transaction.on_commit(lambda: enqueue_quality_check(user_id, batch_id), robust=True)
     return comparison
