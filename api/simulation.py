@@ -115,18 +115,25 @@ class Client:
         if json_body is not None:
             body = json.dumps(json_body).encode()
             headers["Content-Type"] = "application/json"
-        try:
-            if self.connection is None:
-                self.connection = self._connect()
-            self.connection.request(method, self.prefix + path, body=body, headers=headers)
-            response = self.connection.getresponse()
-            reply = Reply(response.status, response.headers, response.read())
-            if response.will_close:
+        for attempt in (1, 2):
+            reused = self.connection is not None
+            try:
+                if self.connection is None:
+                    self.connection = self._connect()
+                self.connection.request(method, self.prefix + path, body=body, headers=headers)
+                response = self.connection.getresponse()
+                reply = Reply(response.status, response.headers, response.read())
+                if response.will_close:
+                    self.close()
+                return reply
+            except (OSError, http.client.HTTPException):
                 self.close()
-            return reply
-        except (OSError, http.client.HTTPException):
-            self.close()
-            raise
+                # A kept-alive connection the server closed while this annotator was thinking (gunicorn's
+                # keep-alive is a few seconds): once more on a fresh one, as urllib3 does. Safe to repeat: a
+                # submit carries its idempotency key, a next-task resumes the lease, a skip is idempotent.
+                if not reused or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if self.connection is not None:

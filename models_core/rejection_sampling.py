@@ -50,8 +50,9 @@ class RejectionSamplingConfig:
     batch_size: int = field(default=8, metadata=_help("Samples per generate call (memory, not recipe)."))
     seed: int = field(default=0, metadata=_help("Base seed; sample k of prompt i uses a seed derived from it."))
     pool_earlier_rounds: bool = field(default=True, metadata=_help(
-        "Fine-tune on the best samples of every earlier round too (Llama 2 §3.2.3, the fix for RLHF-V3's "
-        "regression)."))
+        "Rank each prompt's samples of every earlier round with this round's, under this round's reward models, "
+        "and fine-tune on the best of them all, for this round's prompts and the earlier ones (Llama 2 §3.2.3: "
+        "the best of all prior iterations, the fix for RLHF-V3's regression)."))
 
     def __post_init__(self) -> None:
         problems = []

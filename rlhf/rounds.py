@@ -422,12 +422,28 @@ def _scorer(round_: RLHFRound, config: RoundConfig):
                                 device=config.device, max_length=config.reward_config().max_length)
 
 
-def _earlier_kept(round_: RLHFRound):
-    from models_core.sft_trainer import SFTExample
+# An earlier round's sample ranks after this round's on a tie (select_best prefers the lower sample index).
+_EARLIER_INDEX = 1_000_000
 
-    kept = RoundSample.objects.filter(kept=True, round__number__lt=round_.number,
-                                      round__status=Status.SUCCEEDED).order_by("round__number", "prompt_index")
-    return [SFTExample(messages=s.messages, response=s.text) for s in kept]
+
+def _earlier_candidates(round_: RLHFRound, prompts: list) -> list:
+    """Every sample of the earlier succeeded rounds as a candidate of its prompt, to be ranked with this round's
+    under this round's reward models (Llama 2 §3.2.3: the best of the samples of all prior iterations, not only of
+    the last). ``prompts`` gains the earlier prompts this round did not sample (their candidates are all earlier)."""
+    from models_core.rejection_sampling import Candidate, PolicyPrompt
+
+    index = {p.key: i for i, p in enumerate(prompts)}
+    found = []
+    rows = (RoundSample.objects.filter(round__number__lt=round_.number, round__status=Status.SUCCEEDED)
+            .select_related("round").order_by("round__number", "prompt_index", "sample_index"))
+    for s in rows:
+        if s.prompt_key not in index:
+            index[s.prompt_key] = len(prompts)
+            prompts.append(PolicyPrompt(messages=s.messages, is_safety=s.is_safety, key=s.prompt_key))
+        age = round_.number - s.round.number
+        found.append(Candidate(index[s.prompt_key], _EARLIER_INDEX * age + s.sample_index, s.seed, s.text,
+                               s.completion_tokens))
+    return found
 
 
 def _rejection_sampling(round_: RLHFRound, config: RoundConfig, progress, folder: Path) -> Path:
@@ -472,24 +488,31 @@ def _rejection_sampling(round_: RLHFRound, config: RoundConfig, progress, folder
     samples = list(RoundSample.objects.filter(round=round_))
     candidates = [Candidate(s.prompt_index, s.sample_index, s.seed, s.text, s.completion_tokens, reward=s.reward)
                   for s in samples]
-    selections = select_best(candidates)
+    prompts = list(train)
+    earlier = _earlier_candidates(round_, prompts) if rs_config.pool_earlier_rounds else []
+    if earlier:
+        progress({"phase": "scoring earlier rounds' samples", "total": len(earlier), "force": True})
+        score_candidates(earlier, prompts, _scorer(round_, config))
+    selections = select_best(candidates + earlier)
     by_index = {(s.prompt_index, s.sample_index): s for s in samples}
     with transaction.atomic():
         RoundSample.objects.filter(round=round_).update(kept=False, gain=None)
         for selection in selections:
-            row = by_index[(selection.prompt_index, selection.best.sample_index)]
-            RoundSample.objects.filter(pk=row.pk).update(kept=True, gain=selection.gain)
-    earlier = _earlier_kept(round_) if rs_config.pool_earlier_rounds else []
-    examples = pooled_examples(train, selections, earlier)
-    gains = [s.gain for s in selections]
-    _append_log(round_.pk, f"rejection sampling: {len(samples)} samples of {len(train)} prompts; fine-tuning on "
-                           f"{len(examples)} examples ({len(earlier)} from earlier rounds)")
+            row = by_index.get((selection.prompt_index, selection.best.sample_index))
+            if row is not None:  # this round's sample won (else an earlier round's did)
+                RoundSample.objects.filter(pk=row.pk).update(kept=True, gain=selection.gain)
+    examples = pooled_examples(prompts, selections)
+    from_earlier = sum(s.best.sample_index >= _EARLIER_INDEX for s in selections)
+    gains = [s.gain for s in selections if s.prompt_index < len(train)]
+    _append_log(round_.pk, f"rejection sampling: {len(samples)} samples of {len(train)} prompts, ranked with "
+                           f"{len(earlier)} of earlier rounds; fine-tuning on {len(examples)} examples "
+                           f"({from_earlier} of them earlier rounds' samples)")
     result = train_sft(round_.start_policy.path, examples, config.sft_config(), folder / "sft",
                        progress=lambda e: progress({"phase": "fine-tuning", **e}))
     _save_metrics(round_.pk, "rejection_sampling", {
         "samples": len(samples), "prompts": len(train), "samples_per_prompt": rs_config.samples_per_prompt,
         "mean_gain": sum(gains) / len(gains) if gains else None, "examples": len(examples),
-        "from_earlier_rounds": len(earlier), "sft": {k: v for k, v in result.to_dict().items() if k != "losses"}})
+        "earlier_candidates": len(earlier), "from_earlier_rounds": from_earlier, "sft": {k: v for k, v in result.to_dict().items() if k != "losses"}})
     return result.policy_path
 
 

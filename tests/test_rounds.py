@@ -101,11 +101,17 @@ def test_a_round_from_comparisons_to_a_promoted_policy_through_the_training_work
     assert "step promotion: done" in round_.log
     assert rounds.win_rate_plot_path().read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # RLHF-V2 starts from V1 and pools V1's kept samples into its fine-tuning data
+    # RLHF-V2 starts from V1 and ranks V1's samples with its own under its reward models: one example per prompt
+    # of either round, the best of both rounds' samples (§3.2.3)
     second = rounds.run_inline(rounds.create_round(config=tiny_config(gate_min_win_rate=0.0), start=True).pk)
     assert second.status == RLHFRound.Status.SUCCEEDED, second.error
     assert second.start_policy == new and second.new_policy.parent == new
-    assert second.metrics["rejection_sampling"]["from_earlier_rounds"] == prompts
+    pooled = second.metrics["rejection_sampling"]
+    assert pooled["earlier_candidates"] == samples.count()
+    both = set(RoundSample.objects.filter(round__in=[round_, second]).values_list("prompt_key", flat=True))
+    assert pooled["examples"] == len(both)
+    kept_now = RoundSample.objects.filter(round=second, kept=True).count()
+    assert pooled["from_earlier_rounds"] + kept_now == len(both)
     assert second.metrics["policy_eval"]["first"] == policy.name
 
 
