@@ -512,7 +512,8 @@ def _rejection_sampling(round_: RLHFRound, config: RoundConfig, progress, folder
     _save_metrics(round_.pk, "rejection_sampling", {
         "samples": len(samples), "prompts": len(train), "samples_per_prompt": rs_config.samples_per_prompt,
         "mean_gain": sum(gains) / len(gains) if gains else None, "examples": len(examples),
-        "earlier_candidates": len(earlier), "from_earlier_rounds": from_earlier, "sft": {k: v for k, v in result.to_dict().items() if k != "losses"}})
+        "earlier_candidates": len(earlier), "from_earlier_rounds": from_earlier,
+        "sft": {k: v for k, v in result.to_dict().items() if k != "losses"}})
     return result.policy_path
 
 
