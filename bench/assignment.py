@@ -130,7 +130,8 @@ def explain(batch, user) -> str:
 
     from annotation.services import assignment
 
-    params = {"batch": batch.pk, "user": user.pk, "now": timezone.now(), "overlap": batch.overlap}
+    params = {"batch": batch.pk, "user": user.pk, "now": timezone.now(), "overlap": batch.overlap,
+              "gold_on": batch.gold_rate > 0}
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + assignment._CANDIDATE_SQL, params)
         data = cursor.fetchone()[0]
