@@ -33,7 +33,7 @@ def batches_for_reviewer(user: AbstractBaseUser) -> QuerySet[AnnotationBatch]:
     return AnnotationBatch.objects.filter(reviewers=user)
 
 
-class _Rows:
+class ModelRows:
     """A model's columns for a plain ``SELECT`` and its instances built from the rows (``Model.from_db``, the
     fields' own conversions applied): for the reads on every annotation request, which the ORM took longer to
     compile than PostgreSQL took to run."""
@@ -51,8 +51,8 @@ class _Rows:
         return self.model.from_db(connection.alias, self.names, values)
 
 
-_BATCH_ROWS = _Rows(AnnotationBatch, "b")
-_TASK_ROWS = _Rows(ComparisonTask, "t")
+_BATCH_ROWS = ModelRows(AnnotationBatch, "b")
+_TASK_ROWS = ModelRows(ComparisonTask, "t")
 _IS_ANNOTATOR = """EXISTS (SELECT 1 FROM annotation_annotationbatch_annotators m
                            WHERE m.annotationbatch_id = {batch} AND m.user_id = %(user)s)"""
 # ``batches_for_annotator(user).filter(pk=batch_id)``, as one plain statement.

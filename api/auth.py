@@ -24,30 +24,22 @@ from knox.models import AuthToken
 from knox.settings import CONSTANTS, knox_settings
 from rest_framework import exceptions
 
-_TOKEN_FIELDS = AuthToken._meta.concrete_fields
-_TOKEN_SQL = None  # built on first use (the user model is known once the apps are ready)
+from annotation.selectors import ModelRows
 
-
-def _token_sql() -> str:
-    global _TOKEN_SQL
-    if _TOKEN_SQL is None:
-        user = get_user_model()._meta
-        columns = [f't."{f.column}"' for f in _TOKEN_FIELDS] + [f'u."{f.column}"' for f in user.concrete_fields]
-        _TOKEN_SQL = (f'SELECT {", ".join(columns)} FROM "{AuthToken._meta.db_table}" t '
-                      f'JOIN "{user.db_table}" u ON u."{user.pk.column}" = t."user_id" WHERE t."token_key" = %s')
-    return _TOKEN_SQL
+_TOKENS, _USERS = ModelRows(AuthToken, "t"), ModelRows(get_user_model(), "u")
+_TOKEN_SQL = (f'SELECT {_TOKENS.columns}, {_USERS.columns} FROM "{AuthToken._meta.db_table}" t '
+              f'JOIN "{get_user_model()._meta.db_table}" u ON u."{get_user_model()._meta.pk.column}" = t."user_id" '
+              'WHERE t."token_key" = %s')
 
 
 def _tokens_with_users(token_key: str) -> list[AuthToken]:
-    User = get_user_model()
-    user_names = [f.attname for f in User._meta.concrete_fields]
     with connection.cursor() as cursor:
-        cursor.execute(_token_sql(), [token_key])
+        cursor.execute(_TOKEN_SQL, [token_key])
         rows = cursor.fetchall()
-    found, split = [], len(_TOKEN_FIELDS)
+    found, split = [], len(_TOKENS.names)
     for row in rows:
-        auth_token = AuthToken.from_db(connection.alias, [f.attname for f in _TOKEN_FIELDS], row[:split])
-        auth_token.user = User.from_db(connection.alias, user_names, row[split:])
+        auth_token = _TOKENS.instance(row[:split])
+        auth_token.user = _USERS.instance(row[split:])
         found.append(auth_token)
     return found
 

@@ -14,22 +14,17 @@ from tests.factories import BatchFactory, UserFactory, make_pairs
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.mark.parametrize("overlap", [1, 3])
-def test_fifty_concurrent_annotators_finish_a_batch_without_over_or_double_labelling(overlap):
-    annotators = [UserFactory() for _ in range(50)]
-    batch = BatchFactory(annotators=annotators, overlap=overlap)
-    tasks = make_pairs(batch, 120)
+def label_until_done(annotators, batch, *, chosen: str) -> None:
+    """Each annotator in its own thread (and connection), started together, claims and submits until the batch
+    has nothing left for them; any thread's exception fails the test."""
     errors: list[BaseException] = []
     start = threading.Barrier(len(annotators))
 
     def work(user):
         try:
             start.wait()
-            while True:
-                lease = services.claim_next_task(user, batch.pk)
-                if lease is None:
-                    return
-                services.submit_comparison(user, lease.task_id, services.LabelInput(chosen="B", strength="better"))
+            while (lease := services.claim_next_task(user, batch.pk)) is not None:
+                services.submit_comparison(user, lease.task_id, services.LabelInput(chosen=chosen, strength="better"))
         except BaseException as exc:  # surfaced below; a thread's exception would otherwise vanish
             errors.append(exc)
         finally:
@@ -42,6 +37,14 @@ def test_fifty_concurrent_annotators_finish_a_batch_without_over_or_double_label
         t.join(timeout=240)
     assert not errors, errors[:3]
     assert not any(t.is_alive() for t in threads)
+
+
+@pytest.mark.parametrize("overlap", [1, 3])
+def test_fifty_concurrent_annotators_finish_a_batch_without_over_or_double_labelling(overlap):
+    annotators = [UserFactory() for _ in range(50)]
+    batch = BatchFactory(annotators=annotators, overlap=overlap)
+    tasks = make_pairs(batch, 120)
+    label_until_done(annotators, batch, chosen="B")
 
     per_task = Counter(Comparison.objects.values_list("task_id", flat=True))
     assert set(per_task) == {t.pk for t in tasks}, "every task is labelled"
@@ -58,26 +61,7 @@ def test_concurrent_annotators_meet_each_gold_item_once_and_no_serving_takes_mor
     batch.gold_rate = 0.3
     batch.save(update_fields=["gold_rate"])
     tasks = make_pairs(batch, 60)  # servings stocked among them, up to ten per item (20 annotators, overlap 2)
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(annotators))
-
-    def work(user):
-        try:
-            start.wait()
-            while (lease := services.claim_next_task(user, batch.pk)) is not None:
-                services.submit_comparison(user, lease.task_id, services.LabelInput(chosen="A", strength="better"))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=work, args=(u,)) for u in annotators]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=240)
-    assert not errors, errors[:3]
-    assert not any(t.is_alive() for t in threads)
+    label_until_done(annotators, batch, chosen="A")
 
     per_task = Counter(Comparison.objects.values_list("task_id", flat=True))
     assert all(per_task[t.pk] == 2 for t in tasks), "every ordinary pair has its two labels"

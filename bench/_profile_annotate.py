@@ -2,10 +2,11 @@
 application in this process (no HTTP, no client), on a database of its own; prints the CPU per request of each
 endpoint, its SQL statements, and with ``--profile`` the functions that take the most (cProfile, CPU clock).
 
-    python bench/profile_annotate.py --cycles 300 [--profile 25]
+    python bench/_profile_annotate.py --cycles 300 [--profile 25]
 
 The load benchmark (``annotate_load.py``) measures the same requests through gunicorn under 200 clients; this is
-the tool to find what to cut in them. It prints no ratio: it is a profile, not a benchmark of ``make bench``.
+the tool to find what to cut in them. It prints no ratio: it is a profile, not a benchmark, so its name starts with
+an underscore and ``make bench`` leaves it out.
 """
 
 from __future__ import annotations
