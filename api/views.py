@@ -27,6 +27,7 @@ from annotation.quality import dashboards
 from annotation.services import review as review_service
 from api import filters
 from api.errors import error_response
+from api.negotiation import json_only
 from api.permissions import CanExport, CanImport, CanScore, IsReviewerOrStaff, IsStaff
 from api.serializers import (
     BatchSerializer,
@@ -49,6 +50,7 @@ from api.serializers import (
     ScoreResultSerializer,
     TaskSerializer,
     comparison_data,
+    comparison_input,
     task_data,
 )
 from rlhf import exports, reward_scoring, rounds
@@ -81,6 +83,7 @@ PAUSED_MESSAGE = ("You are paused in this batch: a quality check flagged your re
                           403: ERROR, 404: ERROR})
 @api_view(["POST"])
 @permission_classes([IsAuthenticated])
+@json_only
 def next_task(request: Request, batch_id: int) -> Response:
     """Lease the next pair of the batch to the caller (or resume the caller's live lease). 403 ``paused``: a
     quality flag pauses the caller in this batch until an admin reviews it."""
@@ -136,12 +139,11 @@ def _label_errors_in_api_terms(exc: DjangoValidationError, data: dict, is_safety
                responses={201: ComparisonSerializer, 200: ComparisonSerializer, 400: ERROR, 404: ERROR, 409: ERROR})
 @api_view(["POST"])
 @permission_classes([IsAuthenticated])
+@json_only
 def submit_comparison(request: Request, task_id: int) -> Response:
     """Label a task, naming the responses by the letters shown (A is the left one, ``responses[0]``):
     201 with the comparison, or 200 with the same comparison when replayed."""
-    body = ComparisonInputSerializer(data=request.data)
-    body.is_valid(raise_exception=True)
-    data = body.validated_data
+    data = comparison_input(request.data)
     # The caller names responses by the letter shown (A = left, ``responses[0]``); labels are stored by slot,
     # which the service works out under its lock on the task.
     label = services.ShownLabel(chosen=data["chosen"], strength=data["strength"], a_safe=data["response_a_safe"],

@@ -54,6 +54,8 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=300, help="next-task + submit cycles (default 300)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="print the N functions with the most CPU (cProfile), cumulative and own")
+    parser.add_argument("--dump", metavar="FILE", help="with --profile: also write the cProfile stats to FILE "
+                        "(read them with pstats, e.g. to list a function's callers)")
     args = parser.parse_args()
     with own_database() as connection:
         from django.core.wsgi import get_wsgi_application
@@ -113,6 +115,8 @@ def main() -> int:
         for sql in statements:
             print(f"  {sql[:150]}")
         if profiler:
+            if args.dump:
+                profiler.dump_stats(args.dump)
             for key in ("cumulative", "tottime"):
                 out = io.StringIO()
                 pstats.Stats(profiler, stream=out).sort_stats(key).print_stats(args.profile)

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from annotation import selectors
@@ -119,7 +119,8 @@ _RESUME_SQL = """SELECT id FROM annotation_assignment WHERE annotator_id = %(use
 AND from_queue AND status = 'active' AND expires_at > %(now)s LIMIT 1"""
 _LEASE_SQL = """INSERT INTO annotation_assignment (task_id, batch_id, annotator_id, status, leased_at, expires_at,
                                    from_queue)
-VALUES (%(task)s, %(batch)s, %(user)s, 'active', %(now)s, %(expires)s, true) RETURNING id"""
+VALUES (%(task)s, %(batch)s, %(user)s, 'active', %(now)s, %(expires)s, true)
+ON CONFLICT DO NOTHING RETURNING id"""
 
 
 def _expire_own_leases(user: AbstractBaseUser, now) -> None:
@@ -140,7 +141,7 @@ def claim_next_task(user: AbstractBaseUser, batch_id: int, *, wait_seconds: floa
 
     An annotator holds at most one queue lease per batch (a partial unique index): when two claims of the
     same person race past the "resume my lease" check, the second insert waits for the first to commit,
-    fails, and the loop resumes the lease the first one took.
+    inserts nothing (``ON CONFLICT DO NOTHING``), and the loop resumes the lease the first one took.
     """
     batch = selectors.get_batch_for_annotator(user, batch_id)
     if batch.status != AnnotationBatch.Status.OPEN or is_paused(user, batch):
@@ -163,15 +164,15 @@ def claim_next_task(user: AbstractBaseUser, batch_id: int, *, wait_seconds: floa
                     cursor.execute(_SLOTS_TAKEN_SQL, {"task": row[0], "now": now})
                     (taken,) = cursor.fetchone()
                     if taken < batch.overlap:
-                        try:
-                            with transaction.atomic():
-                                expires = now + timedelta(minutes=settings.LADDER_LEASE_MINUTES)
-                                cursor.execute(_LEASE_SQL, {**params, "task": row[0], "expires": expires})
-                                return Assignment(id=cursor.fetchone()[0], task_id=row[0], batch=batch,
-                                                  annotator=user, status=Assignment.Status.ACTIVE, leased_at=now,
-                                                  expires_at=expires, from_queue=True)
-                        except IntegrityError:
-                            pass  # this annotator's other claim took a lease first: resume it next time round
+                        expires = now + timedelta(minutes=settings.LADDER_LEASE_MINUTES)
+                        # ON CONFLICT DO NOTHING, not a savepoint around the insert: two statements fewer.
+                        cursor.execute(_LEASE_SQL, {**params, "task": row[0], "expires": expires})
+                        lease = cursor.fetchone()
+                        if lease is not None:
+                            return Assignment(id=lease[0], task_id=row[0], batch=batch, annotator=user,
+                                              status=Assignment.Status.ACTIVE, leased_at=now, expires_at=expires,
+                                              from_queue=True)
+                        # No row: this annotator's other claim took a lease first; resume it next time round.
                     continue
                 # Nothing unlocked qualifies. If some qualifying row is merely locked by a concurrent
                 # claimer, it may still have a free slot once that claim commits: look again shortly.
