@@ -259,51 +259,24 @@ def check_against_log(batch, log: Path, summary: dict) -> dict[str, int]:
 
 # --- the baseline: the same transactions through psycopg ------------------------------------------------------
 
-_BATCH_SQL = """SELECT b.status, b.overlap FROM annotation_annotationbatch b
-JOIN annotation_annotationbatch_annotators m ON m.annotationbatch_id = b.id
-WHERE b.id = %(batch)s AND m.user_id = %(user)s AND b.status <> 'draft'"""
-_PAUSED_SQL = """SELECT 1 FROM annotation_annotatorflag WHERE annotator_id = %(user)s AND batch_id = %(batch)s
-AND paused AND lifted_at IS NULL LIMIT 1"""
-_EXPIRE_SQL = """UPDATE annotation_assignment SET status = 'expired' WHERE annotator_id = %(user)s
-AND status = 'active' AND expires_at <= %(now)s AND from_queue"""
-_RESUME_SQL = """SELECT id, task_id FROM annotation_assignment WHERE annotator_id = %(user)s AND batch_id = %(batch)s
-AND from_queue AND status = 'active' AND expires_at > %(now)s ORDER BY id LIMIT 1"""
-_LEASE_SQL = """INSERT INTO annotation_assignment (task_id, batch_id, annotator_id, status, leased_at, expires_at,
-from_queue) VALUES (%(task)s, %(batch)s, %(user)s, 'active', %(now)s, %(now)s + interval '30 minutes', true)
-RETURNING id"""
-_TASK_SQL = """SELECT t.id, t.shown_order, t.turn_index, t.dialogue_id, ra.text, rb.text
-FROM annotation_comparisontask t JOIN annotation_response ra ON ra.id = t.response_a_id
-JOIN annotation_response rb ON rb.id = t.response_b_id WHERE t.id = %(task)s"""
-_TURNS_SQL = """SELECT role, content FROM annotation_turn WHERE dialogue_id = %(dialogue)s AND index < %(turn)s
-ORDER BY index"""
-_LOCK_SQL = """SELECT t.id FROM annotation_comparisontask t WHERE t.id = %(task)s AND EXISTS (
-SELECT 1 FROM annotation_assignment a WHERE a.task_id = t.id AND a.annotator_id = %(user)s) FOR UPDATE OF t"""
-_EXISTING_SQL = "SELECT id FROM annotation_comparison WHERE task_id = %(task)s AND annotator_id = %(user)s"
-_KEY_SQL = "SELECT 1 FROM annotation_comparison WHERE idempotency_key = %(key)s"
-_CURRENT_SQL = """SELECT id, leased_at, expires_at FROM annotation_assignment WHERE task_id = %(task)s
-AND annotator_id = %(user)s AND status = 'active' ORDER BY leased_at DESC LIMIT 1"""
-_LABEL_SQL = """INSERT INTO annotation_comparison (task_id, batch_id, annotator_id, source, import_hash, chosen,
-strength, safety_category, note, time_on_task, idempotency_key, qa_state, is_gold, created_at, updated_at)
-VALUES (%(task)s, %(batch)s, %(user)s, 'ladder', NULL, %(chosen)s, 'better', '', '', %(now)s - %(leased)s, %(key)s,
-'pending', false, %(now)s, %(now)s) RETURNING id"""
-_SUBMITTED_SQL = "UPDATE annotation_assignment SET status = 'submitted' WHERE id = %(lease)s"
-_COUNT_SQL = "SELECT count(*) FROM annotation_comparison WHERE batch_id = %(batch)s AND annotator_id = %(user)s"
-
-
 def baseline(db_url: str, batch, user_ids: list[int], seconds: float, connections: int, measure) -> dict:
     """Cycles per second of claim + submit issued straight through psycopg on ``connections`` connections
-    (threads), each cycling through its share of the annotators: the statements the services issue (batch and
-    pause checks, own lapsed leases expired, a live lease resumed, the candidate under ``FOR UPDATE SKIP LOCKED``,
-    the slots recounted, the lease written, the task and its dialogue read; then the task locked, the label
-    checked for a replay and its key, written, the lease closed, the task's completion refreshed, the
-    annotator's labels counted), without Django, DRF or HTTP. ``measure()`` (``Stack.cpu_split``) is read as the
-    timing starts and ends, while the connections are open."""
+    (threads), each cycling through its share of the annotators: the very statements the services issue (their
+    SQL imported from them: the batch read, the pause check, own lapsed leases expired with a live one looked
+    up, the candidate under ``FOR UPDATE SKIP LOCKED``, the slots recounted, the lease written, the task as
+    shown; then the task read and locked, the replay/key/lease read, the label written, the lease closed with
+    the task's completion refreshed and the annotator's labels counted), without Django, DRF or HTTP.
+    ``measure()`` (``Stack.cpu_split``) is read as the timing starts and ends, while the connections are open."""
+    from datetime import timedelta
+
     import psycopg
 
-    from annotation.services.assignment import _CANDIDATE_SQL, _REFRESH_SQL, _SLOTS_TAKEN_SQL
+    from annotation import selectors
+    from annotation.services import assignment, flags, labels
 
-    refresh = _REFRESH_SQL.format(scope="t.id = ANY(%(ids)s)")
-    claim_sql = _CANDIDATE_SQL + " FOR UPDATE OF t SKIP LOCKED"
+    claim_sql = assignment._CANDIDATE_SQL + " FOR UPDATE OF t SKIP LOCKED"
+    lock_sql = selectors._TASK_WITH_BATCH_SQL + " FOR UPDATE OF t"
+    label_columns = [f.attname for f in labels._COMPARISON_FIELDS]
     stop_at = [float("inf")]  # set when every connection is open
     done = [0] * connections
     failures: list[str] = []
@@ -313,13 +286,12 @@ def baseline(db_url: str, batch, user_ids: list[int], seconds: float, connection
 
         now = datetime.now(UTC)
         p = {"batch": batch.pk, "user": user, "now": now, "overlap": batch.overlap,
-             "gold_on": batch.gold_rate > 0}
+             "gold_on": batch.gold_rate > 0, "draft": "draft", "expires": now + timedelta(minutes=30)}
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute(_BATCH_SQL, p)
+            cur.execute(selectors._BATCH_FOR_ANNOTATOR_SQL, p)
             cur.fetchone()
-            cur.execute(_PAUSED_SQL, p)
-            cur.execute(_EXPIRE_SQL, p)
-            cur.execute(_RESUME_SQL, p)
+            cur.execute(flags.PAUSED_SQL, p)
+            cur.execute(assignment._EXPIRE_AND_RESUME_SQL, p)
             if cur.fetchone() is not None:
                 raise RuntimeError("a lease was left behind")
             cur.execute(claim_sql, p)
@@ -327,28 +299,30 @@ def baseline(db_url: str, batch, user_ids: list[int], seconds: float, connection
             if row is None:
                 return False
             p["task"] = row[0]
-            cur.execute(_SLOTS_TAKEN_SQL, p)
+            cur.execute(assignment._SLOTS_TAKEN_SQL, p)
             cur.fetchone()
-            cur.execute(_LEASE_SQL, p)
-            cur.fetchone()
+            cur.execute(assignment._LEASE_SQL, p)
+            (lease,) = cur.fetchone()
         with conn.cursor() as cur:  # the task as the API returns it
-            cur.execute(_TASK_SQL, p)
-            _, _, turn, dialogue, _, _ = cur.fetchone()
-            cur.execute(_TURNS_SQL, {"dialogue": dialogue, "turn": turn})
-            cur.fetchall()
-        p.update(now=datetime.now(UTC), key=uuid.uuid4(), chosen="A", ids=[p["task"]])
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute(_LOCK_SQL, p)
+            cur.execute(selectors._TASK_SHOWN_SQL, p)
             cur.fetchone()
-            cur.execute(_EXISTING_SQL, p)
-            cur.execute(_KEY_SQL, p)
-            cur.execute(_CURRENT_SQL, p)
-            lease, leased, _ = cur.fetchone()
-            p.update(lease=lease, leased=leased)
-            cur.execute(_LABEL_SQL, p)
-            cur.execute(_SUBMITTED_SQL, p)
-            cur.execute(refresh, p)
-            cur.execute(_COUNT_SQL, p)
+        now = datetime.now(UTC)
+        p.update(key=uuid.uuid4(), lease=lease)
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(lock_sql, p)
+            cur.fetchone()
+            cur.execute(labels._FOUND_AND_LEASE_SQL, p)
+            rows = cur.fetchall()
+            leased = next(r[4] for r in rows if r[0] == "lease")
+            values = {"task_id": p["task"], "batch_id": batch.pk, "annotator_id": user, "source": "ladder",
+                      "import_hash": None, "chosen": "A", "strength": "better", "response_a_safe": None,
+                      "response_b_safe": None, "safety_category": "", "note": "", "time_on_task": now - leased,
+                      "idempotency_key": p["key"], "qa_state": "pending", "is_gold": False, "gold_correct": None,
+                      "created_at": now, "updated_at": now}
+            cur.execute(labels._INSERT_COMPARISON_SQL, [values[c] for c in label_columns])
+            cur.fetchone()
+            cur.execute(labels._AFTER_LABEL_SQL, p)
+            cur.fetchone()
         return True
 
     ready, finished, closing = threading.Barrier(connections + 1), threading.Barrier(connections + 1), \

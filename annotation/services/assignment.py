@@ -113,19 +113,17 @@ def refresh_completion(*, task_ids: list[int] | None = None, batch_id: int | Non
 
 # The claim's own reads and writes as plain statements (it runs on every next-task request, and the ORM took
 # longer to build each than PostgreSQL took to run it: bench/annotate_load.py).
-_EXPIRE_OWN_SQL = """UPDATE annotation_assignment SET status = 'expired'
-WHERE annotator_id = %(user)s AND status = 'active' AND expires_at <= %(now)s AND from_queue"""
-_RESUME_SQL = """SELECT id FROM annotation_assignment WHERE annotator_id = %(user)s AND batch_id = %(batch)s
+# The annotator's lapsed queue leases expired and their live one looked up, in one statement: a data-modifying
+# WITH runs whether or not it is read, and the two sets are disjoint (expires_at <= now, > now).
+_EXPIRE_AND_RESUME_SQL = """WITH expired AS (
+    UPDATE annotation_assignment SET status = 'expired'
+    WHERE annotator_id = %(user)s AND status = 'active' AND expires_at <= %(now)s AND from_queue)
+SELECT id FROM annotation_assignment WHERE annotator_id = %(user)s AND batch_id = %(batch)s
 AND from_queue AND status = 'active' AND expires_at > %(now)s LIMIT 1"""
 _LEASE_SQL = """INSERT INTO annotation_assignment (task_id, batch_id, annotator_id, status, leased_at, expires_at,
                                    from_queue)
 VALUES (%(task)s, %(batch)s, %(user)s, 'active', %(now)s, %(expires)s, true)
 ON CONFLICT DO NOTHING RETURNING id"""
-
-
-def _expire_own_leases(user: AbstractBaseUser, now) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(_EXPIRE_OWN_SQL, {"user": user.pk, "now": now})
 
 
 def claim_next_task(user: AbstractBaseUser, batch_id: int, *, wait_seconds: float = 5.0) -> Assignment | None:
@@ -150,11 +148,10 @@ def claim_next_task(user: AbstractBaseUser, batch_id: int, *, wait_seconds: floa
     while True:
         now = timezone.now()
         with transaction.atomic():
-            _expire_own_leases(user, now)
             params = {"batch": batch.pk, "user": user.pk, "now": now, "overlap": batch.overlap,
                       "gold_on": batch.gold_rate > 0}
             with connection.cursor() as cursor:
-                cursor.execute(_RESUME_SQL, params)
+                cursor.execute(_EXPIRE_AND_RESUME_SQL, params)
                 resumed = cursor.fetchone()
                 if resumed is not None:
                     return Assignment.objects.get(pk=resumed[0])

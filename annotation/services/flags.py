@@ -112,13 +112,15 @@ def lift_flag(admin: AbstractBaseUser, flag_id: int, note: str = "") -> Annotato
     return flag
 
 
+PAUSED_SQL = """SELECT 1 FROM annotation_annotatorflag WHERE annotator_id = %(user)s AND batch_id = %(batch)s
+AND paused AND lifted_at IS NULL LIMIT 1"""
+
+
 def is_paused(user: AbstractBaseUser, batch) -> bool:
     """Whether an open flag pauses this annotator in the batch."""
     # A plain statement: every next-task request asks (bench/annotate_load.py).
     with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM annotation_annotatorflag WHERE annotator_id = %(user)s "
-                       "AND batch_id = %(batch)s AND paused AND lifted_at IS NULL LIMIT 1",
-                       {"user": user.pk, "batch": getattr(batch, "pk", batch)})
+        cursor.execute(PAUSED_SQL, {"user": user.pk, "batch": getattr(batch, "pk", batch)})
         return cursor.fetchone() is not None
 
 

@@ -23,7 +23,7 @@ from annotation.models import (
     SafetyCategory,
     Turn,
 )
-from annotation.services.assignment import LeaseExpired, refresh_completion
+from annotation.services.assignment import _REFRESH_SQL, LeaseExpired
 from annotation.services.flags import enqueue_quality_check
 
 logger = logging.getLogger(__name__)
@@ -108,10 +108,13 @@ def submit_comparison(
         task = selectors.get_task_for_annotator(user, task_id, for_update=True, related=("batch",))
         if isinstance(label, ShownLabel):
             label = label.for_task(task)
-        # One read for both: this person's label of the task (a replay) and the key's label, if any.
+        # One read for all three: this person's label of the task (a replay), the key's label, if any, and
+        # this person's live lease on the task.
         with connection.cursor() as cursor:
-            cursor.execute(_FOUND_SQL, {"task": task.pk, "user": user.pk, "key": idempotency_key})
-            found = cursor.fetchall()
+            cursor.execute(_FOUND_AND_LEASE_SQL, {"task": task.pk, "user": user.pk, "key": idempotency_key})
+            rows = cursor.fetchall()
+        found = [row[1:4] for row in rows if row[0] == "found"]
+        assignment = next((_Lease(row[1], row[4], row[5]) for row in rows if row[0] == "lease"), None)
         existing = next((pk for pk, task_id, annotator_id in found
                          if task_id == task.pk and annotator_id == user.pk), None)
         if existing is not None:
@@ -125,7 +128,6 @@ def submit_comparison(
             raise ValidationError({"task": "This task's responses are not ready yet."})
         category = _validate_label(task.batch, label)
         now = timezone.now()
-        assignment = _live_lease(user, task)
         lease_lapsed = task.owner_id != user.pk and (assignment is None or assignment.expires_at <= now)
         if lease_lapsed:
             if assignment is not None:
@@ -139,38 +141,35 @@ def submit_comparison(
 
 # The submit's small reads and writes as plain statements: it runs on every label, and the ORM took longer to
 # build each of these than PostgreSQL took to run it (bench/annotate_load.py).
-_FOUND_SQL = """SELECT id, task_id, annotator_id FROM annotation_comparison
-WHERE (task_id = %(task)s AND annotator_id = %(user)s) OR idempotency_key = %(key)s LIMIT 2"""
-_LIVE_LEASE_SQL = """SELECT id, leased_at, expires_at FROM annotation_assignment
-WHERE task_id = %(task)s AND annotator_id = %(user)s AND status = 'active' ORDER BY leased_at DESC LIMIT 1"""
+_FOUND_AND_LEASE_SQL = """
+SELECT 'found', f.id, f.task_id, f.annotator_id, NULL::timestamptz, NULL::timestamptz FROM (
+    SELECT id, task_id, annotator_id FROM annotation_comparison
+    WHERE (task_id = %(task)s AND annotator_id = %(user)s) OR idempotency_key = %(key)s LIMIT 2) f
+UNION ALL
+SELECT 'lease', l.id, NULL, NULL, l.leased_at, l.expires_at FROM (
+    SELECT id, leased_at, expires_at FROM annotation_assignment
+    WHERE task_id = %(task)s AND annotator_id = %(user)s AND status = 'active' ORDER BY leased_at DESC LIMIT 1) l"""
+# After the label's INSERT, one statement: the lease closed (none: ``id = NULL`` matches nothing), the task's
+# completion refreshed (``refresh_completion``'s UPDATE, which sees the new label), this person's labels in the
+# batch counted.
+_AFTER_LABEL_SQL = f"""WITH closed AS (UPDATE annotation_assignment SET status = 'submitted' WHERE id = %(lease)s),
+refreshed AS ({_REFRESH_SQL.format(scope="t.id = %(task)s")})
+SELECT count(*) FROM annotation_comparison WHERE batch_id = %(batch)s AND annotator_id = %(user)s"""
 
 
 @dataclass(frozen=True)
 class _Lease:
+    """The annotator's active lease on the task (``selectors.current_assignment``, as plain data)."""
+
     id: int
     leased_at: object
     expires_at: object
-
-
-def _live_lease(user, task) -> _Lease | None:
-    """The annotator's active lease on the task (``selectors.current_assignment``, as plain data)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_LIVE_LEASE_SQL, {"task": task.pk, "user": user.pk})
-        row = cursor.fetchone()
-    return _Lease(*row) if row else None
 
 
 def _set_lease_status(lease_id: int, status: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute("UPDATE annotation_assignment SET status = %(status)s WHERE id = %(id)s",
                        {"status": str(status), "id": lease_id})
-
-
-def _labels_in_batch(user_id: int, batch_id: int) -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM annotation_comparison WHERE batch_id = %(batch)s "
-                       "AND annotator_id = %(user)s", {"batch": batch_id, "user": user_id})
-        return cursor.fetchone()[0]
 
 
 _COMPARISON_FIELDS = [f for f in Comparison._meta.concrete_fields if not f.primary_key]
@@ -229,14 +228,15 @@ def _record_label(user, task, label, category, assignment, now, idempotency_key)
         gold_correct=(label.chosen == task.gold_item.answer) if is_gold else None,
     )
     _insert_comparison(comparison)
-    if assignment is not None:
-        _set_lease_status(assignment.id, Assignment.Status.SUBMITTED)
     # In this transaction and under the task's row lock: the label that fills the task takes it out of the
-    # queue, so no claim ever scans a task that has all its labels.
-    refresh_completion(task_ids=[task.pk])
+    # queue (the completion refresh), so no claim ever scans a task that has all its labels.
+    with connection.cursor() as cursor:
+        cursor.execute(_AFTER_LABEL_SQL, {"lease": assignment.id if assignment is not None else None,
+                                          "task": task.pk, "batch": task.batch_id, "user": user.pk})
+        (labels_in_batch,) = cursor.fetchone()
     # The quality rules are judged every 5th label (gold answers counted like the rest, so that a gold submit
     # costs no more than another and its timing tells nothing), off the request.
-    if _labels_in_batch(user.pk, task.batch_id) % 5 == 0:
+    if labels_in_batch % 5 == 0:
         user_id, batch_id = user.pk, task.batch_id
         transaction.on_commit(lambda: enqueue_quality_check(user_id, batch_id), robust=True)
     return comparison
